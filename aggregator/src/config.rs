@@ -1,0 +1,242 @@
+//! Aggregator configuration: YAML file (every key optional) + environment overrides.
+
+use std::path::Path;
+
+use serde::Deserialize;
+
+/// Error in the configuration, naming the key path.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// File unreadable.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// Path.
+        path: String,
+        /// IO error.
+        source: std::io::Error,
+    },
+    /// YAML invalid or unknown keys.
+    #[error("invalid config {path}: {message}")]
+    Parse {
+        /// Path.
+        path: String,
+        /// Parser message.
+        message: String,
+    },
+    /// A value out of range.
+    #[error("invalid config at `{key}`: {message}")]
+    Invalid {
+        /// Key path.
+        key: String,
+        /// What to fix.
+        message: String,
+    },
+}
+
+/// Top-level aggregator configuration.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct AggregatorConfig {
+    /// Kafka consumer settings.
+    pub kafka: KafkaConfig,
+    /// ClickHouse connection.
+    pub clickhouse: ClickHouseConfig,
+    /// Batching.
+    pub batch: BatchConfig,
+}
+
+/// Kafka consumer settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    /// Bootstrap servers.
+    pub brokers: String,
+    /// Usage topic.
+    pub topic: String,
+    /// Consumer group; every instance of one deployment shares it.
+    pub group_id: String,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        Self {
+            brokers: "127.0.0.1:9092".into(),
+            topic: tollgate_schemas::topics::USAGE_TOPIC.into(),
+            group_id: "tollgate-aggregator".into(),
+        }
+    }
+}
+
+/// ClickHouse connection.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClickHouseConfig {
+    /// HTTP endpoint.
+    pub url: String,
+    /// Database (created by the migrations).
+    pub database: String,
+    /// User.
+    pub user: String,
+    /// Password (never printed).
+    pub password: String,
+    /// Apply migrations at startup.
+    pub migrate: bool,
+}
+
+impl std::fmt::Debug for ClickHouseConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClickHouseConfig")
+            .field("url", &self.url)
+            .field("database", &self.database)
+            .field("user", &self.user)
+            .field("password", &"***")
+            .field("migrate", &self.migrate)
+            .finish()
+    }
+}
+
+impl Default for ClickHouseConfig {
+    fn default() -> Self {
+        Self {
+            url: "http://127.0.0.1:8123".into(),
+            database: "tollgate".into(),
+            user: "default".into(),
+            password: String::new(),
+            migrate: true,
+        }
+    }
+}
+
+/// Batching of inserts.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BatchConfig {
+    /// Insert when this many rows are buffered.
+    pub max_rows: usize,
+    /// Insert at least this often (ms) when rows are buffered.
+    pub max_wait_ms: u64,
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        Self {
+            max_rows: 5_000,
+            max_wait_ms: 500,
+        }
+    }
+}
+
+impl AggregatorConfig {
+    /// Load the file when given (else defaults), apply env overrides, validate.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut cfg = match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                    path: p.display().to_string(),
+                    source,
+                })?;
+                serde_yaml::from_str(&text).map_err(|e| ConfigError::Parse {
+                    path: p.display().to_string(),
+                    message: e.to_string(),
+                })?
+            }
+            None => Self::default(),
+        };
+        cfg.apply_env(|k| std::env::var(k).ok());
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// The one seam for environment overrides: `TOLLGATE_KAFKA_BROKERS`, `TOLLGATE_KAFKA_TOPIC`,
+    /// `TOLLGATE_AGGREGATOR_GROUP`, `TOLLGATE_CLICKHOUSE_URL`, `TOLLGATE_CLICKHOUSE_DATABASE`,
+    /// `TOLLGATE_CLICKHOUSE_USER`, `TOLLGATE_CLICKHOUSE_PASSWORD`.
+    pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) {
+        let fields: [(&str, &mut String); 7] = [
+            ("TOLLGATE_KAFKA_BROKERS", &mut self.kafka.brokers),
+            ("TOLLGATE_KAFKA_TOPIC", &mut self.kafka.topic),
+            ("TOLLGATE_AGGREGATOR_GROUP", &mut self.kafka.group_id),
+            ("TOLLGATE_CLICKHOUSE_URL", &mut self.clickhouse.url),
+            (
+                "TOLLGATE_CLICKHOUSE_DATABASE",
+                &mut self.clickhouse.database,
+            ),
+            ("TOLLGATE_CLICKHOUSE_USER", &mut self.clickhouse.user),
+            (
+                "TOLLGATE_CLICKHOUSE_PASSWORD",
+                &mut self.clickhouse.password,
+            ),
+        ];
+        for (var, field) in fields {
+            if let Some(v) = get(var) {
+                *field = v;
+            }
+        }
+    }
+
+    /// Check values; errors name the key path.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &str, message: &str| ConfigError::Invalid {
+            key: key.into(),
+            message: message.into(),
+        };
+        if self.kafka.brokers.trim().is_empty() {
+            return Err(invalid("kafka.brokers", "must list at least one host:port"));
+        }
+        if self.kafka.group_id.trim().is_empty() {
+            return Err(invalid("kafka.group_id", "must not be empty"));
+        }
+        if !self.clickhouse.url.starts_with("http") {
+            return Err(invalid(
+                "clickhouse.url",
+                "must be an http(s):// URL of the ClickHouse HTTP port",
+            ));
+        }
+        let db = &self.clickhouse.database;
+        if db.is_empty() || !db.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(invalid(
+                "clickhouse.database",
+                "must be non-empty letters, digits and _",
+            ));
+        }
+        if self.batch.max_rows == 0 {
+            return Err(invalid("batch.max_rows", "must be at least 1"));
+        }
+        if self.batch.max_wait_ms == 0 {
+            return Err(invalid("batch.max_wait_ms", "must be at least 1"));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_means_defaults_and_unknown_keys_fail() {
+        let cfg: AggregatorConfig = serde_yaml::from_str("{}").unwrap();
+        cfg.validate().unwrap();
+        assert_eq!(cfg.kafka.group_id, "tollgate-aggregator");
+        let err = serde_yaml::from_str::<AggregatorConfig>("batch: {max_row: 1}").unwrap_err();
+        assert!(err.to_string().contains("max_row"));
+    }
+
+    #[test]
+    fn validation_names_the_key() {
+        let mut cfg = AggregatorConfig::default();
+        cfg.clickhouse.database = "bad-name".into();
+        assert!(cfg
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("clickhouse.database"));
+    }
+
+    #[test]
+    fn env_overrides_and_password_hidden() {
+        let mut cfg = AggregatorConfig::default();
+        cfg.apply_env(|k| (k == "TOLLGATE_CLICKHOUSE_PASSWORD").then(|| "hunter2".to_string()));
+        assert_eq!(cfg.clickhouse.password, "hunter2");
+        assert!(!format!("{cfg:?}").contains("hunter2"));
+    }
+}

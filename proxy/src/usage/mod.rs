@@ -1,0 +1,186 @@
+//! Metering: one usage event per request, emitted exactly once even when the client leaves.
+
+pub mod publisher;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use tollgate_schemas::UsageEvent;
+
+pub use publisher::{Publisher, PublisherStats, UsageSink};
+
+use crate::routing::{ApiKey, Model};
+
+/// Most metadata entries kept per event, and the longest key and value.
+pub const METADATA_MAX_ENTRIES: usize = 16;
+/// Longest metadata key kept.
+pub const METADATA_MAX_KEY: usize = 64;
+/// Longest metadata value kept.
+pub const METADATA_MAX_VALUE: usize = 512;
+
+/// Token counts of one request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Tokens {
+    /// Input tokens (including cached).
+    pub prompt: i64,
+    /// Output tokens.
+    pub completion: i64,
+    /// Cached input tokens.
+    pub cached: i64,
+    /// Whether these were estimated by the proxy.
+    pub estimated: bool,
+}
+
+/// How a request ended.
+#[derive(Debug, Clone, Default)]
+pub struct Outcome {
+    /// Status returned to the client.
+    pub status: u16,
+    /// Error class, if any.
+    pub error_type: Option<String>,
+    /// Token usage.
+    pub tokens: Tokens,
+    /// Time to first token, for streams.
+    pub ttft_us: Option<i64>,
+    /// Time spent waiting on the upstream.
+    pub upstream_latency_us: i64,
+    /// Upstream attempts.
+    pub attempts: i32,
+}
+
+/// Drop guard that emits exactly one usage event for a request.
+///
+/// Call [`Meter::finish`] when the request ends; if the meter is dropped unfinished (the client
+/// disconnected, or a task was cancelled) it emits the fallback outcome it was last given with
+/// status 499 `client_disconnected`.
+#[derive(Debug)]
+pub struct Meter {
+    sink: UsageSink,
+    started: Instant,
+    event: Option<UsageEvent>,
+    partial: Outcome,
+    model: Option<Arc<Model>>,
+}
+
+impl Meter {
+    /// Start metering an authenticated request.
+    pub fn start(
+        sink: UsageSink,
+        proxy_id: &str,
+        request_id: &str,
+        key: &ApiKey,
+        endpoint: &str,
+    ) -> Self {
+        let ts_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or_default();
+        let event = UsageEvent {
+            event_id: uuid::Uuid::now_v7().to_string(),
+            request_id: request_id.to_string(),
+            ts_ms,
+            proxy_id: proxy_id.to_string(),
+            api_key_id: key.id.clone(),
+            account_id: key.account_id.clone(),
+            team_id: key.team_id.clone(),
+            endpoint: endpoint.to_string(),
+            attempts: 0,
+            ..UsageEvent::default()
+        };
+        Self {
+            sink,
+            started: Instant::now(),
+            event: Some(event),
+            partial: Outcome::default(),
+            model: None,
+        }
+    }
+
+    /// When the request started.
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
+    /// Record the resolved model.
+    pub fn set_model(&mut self, model: &Arc<Model>, stream: bool) {
+        if let Some(ev) = self.event.as_mut() {
+            ev.model = model.name.clone();
+            ev.provider = model.provider.clone();
+            ev.upstream_model = model.upstream_model.clone();
+            ev.stream = stream;
+        }
+        self.model = Some(model.clone());
+    }
+
+    /// Record the requested model name before it is resolved (kept if resolution fails).
+    pub fn set_requested_model(&mut self, name: &str) {
+        if let Some(ev) = self.event.as_mut() {
+            ev.model = name.to_string();
+        }
+    }
+
+    /// Keep client metadata (string values only, bounded).
+    pub fn set_metadata(&mut self, meta: &serde_json::Map<String, serde_json::Value>) {
+        let Some(ev) = self.event.as_mut() else {
+            return;
+        };
+        let mut out = HashMap::new();
+        for (k, v) in meta.iter() {
+            if out.len() >= METADATA_MAX_ENTRIES {
+                break;
+            }
+            if let Some(s) = v.as_str() {
+                if k.len() <= METADATA_MAX_KEY && s.len() <= METADATA_MAX_VALUE {
+                    out.insert(k.clone(), s.to_string());
+                }
+            }
+        }
+        ev.metadata = out;
+    }
+
+    /// Update what is known so far (used if the request is abandoned).
+    pub fn progress(&mut self, partial: Outcome) {
+        self.partial = partial;
+    }
+
+    /// Emit the event with its final outcome.
+    pub fn finish(mut self, outcome: Outcome) {
+        self.emit(outcome);
+    }
+
+    fn emit(&mut self, outcome: Outcome) {
+        let Some(mut ev) = self.event.take() else {
+            return;
+        };
+        ev.latency_us = self.started.elapsed().as_micros() as i64;
+        ev.status_code = i32::from(outcome.status);
+        ev.error_type = outcome.error_type;
+        ev.ttft_us = outcome.ttft_us;
+        ev.upstream_latency_us = outcome.upstream_latency_us;
+        ev.attempts = outcome.attempts;
+        ev.prompt_tokens = outcome.tokens.prompt;
+        ev.completion_tokens = outcome.tokens.completion;
+        ev.cached_tokens = outcome.tokens.cached;
+        ev.usage_estimated = outcome.tokens.estimated;
+        ev.cost_nanos = self.model.as_ref().map_or(0, |m| {
+            m.cost_nanos(
+                outcome.tokens.prompt,
+                outcome.tokens.completion,
+                outcome.tokens.cached,
+            )
+        });
+        self.sink.submit(ev);
+    }
+}
+
+impl Drop for Meter {
+    fn drop(&mut self) {
+        if self.event.is_some() {
+            let mut outcome = std::mem::take(&mut self.partial);
+            outcome.status = 499;
+            outcome.error_type = Some("client_disconnected".into());
+            self.emit(outcome);
+        }
+    }
+}

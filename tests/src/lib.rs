@@ -1,0 +1,199 @@
+//! Harness for end-to-end tests against the real local stack (`infra/dev/stack.sh up`).
+//!
+//! Every test gets its own Kafka topic, ClickHouse database and consumer group, so tests run
+//! in parallel without seeing each other's rows. Service addresses come from
+//! `TOLLGATE_KAFKA_BROKERS` and `TOLLGATE_CLICKHOUSE_URL` (defaults: the local stack).
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::types::RDKafkaErrorCode;
+use tollgate_aggregator::{AggregatorConfig, AggregatorHandle};
+use tollgate_loadtest::{MockConfig, MockServer};
+use tollgate_proxy::{ProxyConfig, ProxyHandle};
+
+/// The API key secret every test proxy accepts.
+pub const TEST_KEY: &str = "sk-tollgate-test-0001";
+/// Public model name of test proxies.
+pub const TEST_MODEL: &str = "test-model";
+/// Input price, USD per 1M tokens (1000 nano-USD per token, so costs are exact integers).
+pub const INPUT_PER_MTOK: f64 = 1.0;
+/// Output price, USD per 1M tokens (2000 nano-USD per token).
+pub const OUTPUT_PER_MTOK: f64 = 2.0;
+
+/// Kafka bootstrap servers of the local stack.
+pub fn brokers() -> String {
+    std::env::var("TOLLGATE_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
+}
+
+/// ClickHouse HTTP URL of the local stack.
+pub fn clickhouse_url() -> String {
+    std::env::var("TOLLGATE_CLICKHOUSE_URL").unwrap_or_else(|_| "http://127.0.0.1:8123".into())
+}
+
+/// A name unique to this test run: `prefix_<12 hex>`.
+pub fn unique(prefix: &str) -> String {
+    let id = uuid::Uuid::now_v7().simple().to_string();
+    format!("{prefix}_{}", &id[id.len() - 12..])
+}
+
+/// Create a topic (Tansu does not auto-create) and wait until it is usable.
+pub async fn create_topic(name: &str, partitions: i32) -> anyhow::Result<()> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()
+        .context("admin client")?;
+    let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let results = admin
+        .create_topics([&topic], &opts)
+        .await
+        .context("create_topics")?;
+    for r in results {
+        match r {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((t, e)) => anyhow::bail!("creating topic {t}: {e}"),
+        }
+    }
+    Ok(())
+}
+
+/// A ClickHouse client for the local server, without a database.
+pub fn clickhouse() -> clickhouse::Client {
+    let cfg = tollgate_aggregator::config::ClickHouseConfig {
+        url: clickhouse_url(),
+        ..Default::default()
+    };
+    tollgate_aggregator::sink::client(&cfg)
+}
+
+/// Everything one test needs: a topic, a database, a mock upstream and a proxy.
+#[derive(Debug)]
+pub struct TestStack {
+    /// Kafka topic of this test.
+    pub topic: String,
+    /// ClickHouse database of this test.
+    pub database: String,
+    /// The mock upstream.
+    pub mock: MockServer,
+    /// The proxy under test.
+    pub proxy: ProxyHandle,
+}
+
+impl TestStack {
+    /// Create topic + database (migrated), start mock and proxy.
+    pub async fn start(name: &str, partitions: i32, mock_cfg: MockConfig) -> anyhow::Result<Self> {
+        let topic = unique(&format!("t_{name}"));
+        let database = unique(&format!("tg_{name}"));
+        create_topic(&topic, partitions).await?;
+        tollgate_schemas::migrate::run(&clickhouse(), &database).await?;
+        let mock = MockServer::start("127.0.0.1:0".parse()?, mock_cfg).await?;
+        let proxy = tollgate_proxy::start(proxy_config(&mock.base_url(), &topic)?).await?;
+        Ok(Self {
+            topic,
+            database,
+            mock,
+            proxy,
+        })
+    }
+
+    /// ClickHouse client bound to this test's database.
+    pub fn db(&self) -> clickhouse::Client {
+        clickhouse().with_database(&self.database)
+    }
+
+    /// Aggregator config for this test's topic and database in consumer group `group`.
+    pub fn aggregator_config(&self, group: &str) -> AggregatorConfig {
+        let mut cfg = AggregatorConfig::default();
+        cfg.kafka.brokers = brokers();
+        cfg.kafka.topic = self.topic.clone();
+        cfg.kafka.group_id = group.to_string();
+        cfg.clickhouse.url = clickhouse_url();
+        cfg.clickhouse.database = self.database.clone();
+        cfg.batch.max_rows = 50;
+        cfg.batch.max_wait_ms = 200;
+        cfg
+    }
+
+    /// Start an aggregator in group `group`.
+    pub async fn aggregator(&self, group: &str) -> anyhow::Result<AggregatorHandle> {
+        Ok(tollgate_aggregator::start(self.aggregator_config(group)).await?)
+    }
+
+    /// Count rows in `usage_events`.
+    pub async fn row_count(&self) -> anyhow::Result<u64> {
+        Ok(self
+            .db()
+            .query("SELECT count() FROM usage_events")
+            .fetch_one::<u64>()
+            .await?)
+    }
+
+    /// Wait until `usage_events` holds `n` rows (or fail after `timeout`). Then waits a little
+    /// longer and checks that no extra row arrives.
+    pub async fn wait_for_rows(&self, n: u64, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let count = self.row_count().await?;
+            if count >= n {
+                tokio::time::sleep(Duration::from_millis(700)).await;
+                let after = self.row_count().await?;
+                anyhow::ensure!(after == n, "expected exactly {n} rows, found {after}");
+                return Ok(());
+            }
+            anyhow::ensure!(
+                tokio::time::Instant::now() < deadline,
+                "timed out with {count} of {n} rows"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Load-generator config aimed at this proxy.
+    pub fn load(&self, requests: u64, stream_share: f64) -> tollgate_loadtest::LoadConfig {
+        tollgate_loadtest::LoadConfig {
+            base_url: self.proxy.base_url(),
+            api_key: Some(TEST_KEY.into()),
+            model: TEST_MODEL.into(),
+            requests,
+            concurrency: 8,
+            stream_share,
+            max_tokens: 12,
+            prompt: "tell me a short story about a toll gate".into(),
+            include_usage: true,
+            metadata: None,
+            timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The proxy config used by tests: one model on the mock, one key.
+pub fn proxy_config(mock_base_url: &str, topic: &str) -> anyhow::Result<ProxyConfig> {
+    let yaml = format!(
+        r#"
+listen: 127.0.0.1:0
+proxy_id: {topic}-proxy
+shutdown_grace_secs: 5
+models:
+  - name: {TEST_MODEL}
+    base_url: {mock_base_url}/v1
+    upstream_model: mock-upstream-model
+    pricing: {{ input_per_mtok: {INPUT_PER_MTOK}, output_per_mtok: {OUTPUT_PER_MTOK} }}
+api_keys:
+  - id: key_test
+    secret: {TEST_KEY}
+    account_id: acct_test
+    team_id: team_test
+kafka:
+  brokers: "{brokers}"
+  topic: {topic}
+"#,
+        brokers = brokers()
+    );
+    let cfg = ProxyConfig::from_yaml(&yaml, "test")?;
+    cfg.validate()?;
+    Ok(cfg)
+}
