@@ -29,7 +29,7 @@ port_open() {
 # read_pid PIDFILE: print the pid stored in PIDFILE (empty if none/garbage).
 read_pid() {
   local pid=""
-  [[ -r $1 ]] && read -r pid <"$1" || true
+  if [[ -r $1 ]]; then read -r pid <"$1" || true; fi
   [[ $pid =~ ^[0-9]+$ ]] && printf '%s' "$pid"
   return 0
 }

@@ -168,6 +168,8 @@ healthy_clickhouse() {
 start_kafka() {
   local dir=$STATE_DIR/tansu bin
   bin=$(tansu_bin) || die "tansu not found on PATH or in ~/.cargo/bin; run: $0 install"
+  [[ $dir =~ ^[A-Za-z0-9._/+-]+$ ]] ||
+    die "state dir '$STATE_DIR' has characters that break Tansu's sqlite:// URL; use a plain path"
   mkdir -p "$dir"
   # Working directory must be / : Tansu resolves the sqlite:// path relative
   # to its cwd (leading '/' stripped), so cwd=/ makes the absolute path work.
@@ -360,7 +362,9 @@ cmd_topic() {
     --broker "tcp://$HOST:$KAFKA_PORT" 2>&1) || rc=$?
   if ((rc == 0)); then
     log "topic $name: created ($partitions partitions)"
-  elif grep -q 'TopicAlreadyExists' <<<"$out"; then
+  elif grep -qiE 'TopicAlreadyExists|already exists' <<<"$out"; then
+    # lost a race with another creator: tansu prints
+    # "ERROR tansu: Topic with this name already exists." and exits 1
     log "topic $name: already exists"
   else
     printf '%s\n' "$out" >&2
