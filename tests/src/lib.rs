@@ -17,6 +17,14 @@ use tollgate_proxy::{ProxyConfig, ProxyHandle};
 
 /// The API key secret every test proxy accepts.
 pub const TEST_KEY: &str = "sk-tollgate-test-0001";
+/// Extra keys, each owned by its own account (`acct_test_<i>`), so that events spread over
+/// partitions (the Kafka key is the account).
+pub const EXTRA_KEYS: [&str; 4] = [
+    "sk-tollgate-test-0011",
+    "sk-tollgate-test-0012",
+    "sk-tollgate-test-0013",
+    "sk-tollgate-test-0014",
+];
 /// Public model name of test proxies.
 pub const TEST_MODEL: &str = "test-model";
 /// Input price, USD per 1M tokens (1000 nano-USD per token, so costs are exact integers).
@@ -32,6 +40,16 @@ pub fn brokers() -> String {
 /// ClickHouse HTTP URL of the local stack.
 pub fn clickhouse_url() -> String {
     std::env::var("TOLLGATE_CLICKHOUSE_URL").unwrap_or_else(|_| "http://127.0.0.1:8123".into())
+}
+
+/// Log to the test output (`RUST_LOG` filters; default info). Safe to call many times.
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
 }
 
 /// A name unique to this test run: `prefix_<12 hex>`.
@@ -86,6 +104,7 @@ pub struct TestStack {
 impl TestStack {
     /// Create topic + database (migrated), start mock and proxy.
     pub async fn start(name: &str, partitions: i32, mock_cfg: MockConfig) -> anyhow::Result<Self> {
+        init_tracing();
         let topic = unique(&format!("t_{name}"));
         let database = unique(&format!("tg_{name}"));
         create_topic(&topic, partitions).await?;
@@ -152,6 +171,19 @@ impl TestStack {
         }
     }
 
+    /// Run `per_key` requests with every key of [`EXTRA_KEYS`] concurrently; returns the
+    /// number of successful requests.
+    pub async fn load_all_accounts(&self, per_key: u64, stream_share: f64) -> anyhow::Result<u64> {
+        let runs = EXTRA_KEYS.iter().map(|k| {
+            let mut cfg = self.load(per_key, stream_share);
+            cfg.api_key = Some((*k).to_string());
+            cfg.concurrency = 4;
+            tollgate_loadtest::run(cfg)
+        });
+        let reports = futures::future::try_join_all(runs).await?;
+        Ok(reports.iter().map(|r| r.ok).sum())
+    }
+
     /// Load-generator config aimed at this proxy.
     pub fn load(&self, requests: u64, stream_share: f64) -> tollgate_loadtest::LoadConfig {
         tollgate_loadtest::LoadConfig {
@@ -182,16 +214,28 @@ models:
     base_url: {mock_base_url}/v1
     upstream_model: mock-upstream-model
     pricing: {{ input_per_mtok: {INPUT_PER_MTOK}, output_per_mtok: {OUTPUT_PER_MTOK} }}
+  - name: failing-model
+    base_url: {mock_base_url}/v1
+    upstream_model: mock-status-503
+  - name: unreachable-model
+    base_url: http://127.0.0.1:9/v1
 api_keys:
   - id: key_test
     secret: {TEST_KEY}
     account_id: acct_test
     team_id: team_test
-kafka:
+{extra}kafka:
   brokers: "{brokers}"
   topic: {topic}
 "#,
-        brokers = brokers()
+        brokers = brokers(),
+        extra = EXTRA_KEYS
+            .iter()
+            .enumerate()
+            .map(|(i, k)| format!(
+                "  - {{ id: key_test_{i}, secret: {k}, account_id: acct_test_{i} }}\n"
+            ))
+            .collect::<String>(),
     );
     let cfg = ProxyConfig::from_yaml(&yaml, "test")?;
     cfg.validate()?;

@@ -25,10 +25,7 @@ async fn two_aggregators_share_partitions_without_loss_or_duplicates() {
     }
     tokio::time::sleep(Duration::from_secs(3)).await;
 
-    let mut load = stack.load(200, 0.25);
-    load.concurrency = 16;
-    let report = tollgate_loadtest::run(load).await.unwrap();
-    assert_eq!(report.ok, 200);
+    assert_eq!(stack.load_all_accounts(50, 0.25).await.unwrap(), 200);
     stack
         .wait_for_rows(200, Duration::from_secs(90))
         .await
@@ -45,8 +42,7 @@ async fn two_aggregators_share_partitions_without_loss_or_duplicates() {
 
     // One member leaves; the other takes over its partitions and continues exactly once.
     a.shutdown().await;
-    let report = tollgate_loadtest::run(stack.load(100, 0.25)).await.unwrap();
-    assert_eq!(report.ok, 100);
+    assert_eq!(stack.load_all_accounts(25, 0.25).await.unwrap(), 100);
     stack
         .wait_for_rows(300, Duration::from_secs(90))
         .await

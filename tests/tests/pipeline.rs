@@ -64,8 +64,8 @@ async fn n_requests_become_n_rows_with_tokens_cost_and_ttft() {
             "SELECT count() AS rows, uniqExact(event_id) AS distinct_events, uniqExact(proxy_seq) AS distinct_seq, \
              countIf(stream = 1) AS streams, sum(prompt_tokens) AS prompt, sum(completion_tokens) AS completion, \
              sum(cost_nanos) AS cost, sum(prompt_tokens * 1000 + completion_tokens * 2000) AS expected_cost, \
-             countIf(stream = 1 AND isNotNull(ttft_us) AND ttft_us > 0) AS stream_ttft, \
-             countIf(stream = 0 AND isNotNull(ttft_us)) AS nonstream_ttft, \
+             countIf(stream = 1 AND ifNull(ttft_us, 0) > 0) AS stream_ttft, \
+             countIf(stream = 0 AND isNotNull(ttft_us) = 1) AS nonstream_ttft, \
              countIf(status_code = 200 AND usage_estimated = 0 AND model = ? AND upstream_model = 'mock-upstream-model' \
                      AND account_id = 'acct_test' AND api_key_id = 'key_test' AND latency_us > 0) AS ok \
              FROM usage_events",
@@ -162,21 +162,25 @@ async fn api_errors_are_openai_shaped_and_request_ids_returned() {
         assert!(json["error"]["message"].as_str().unwrap().len() > 10);
     }
 
-    // An upstream failure passes through with its status, and a request id is generated.
-    let resp = http
-        .post(&url)
-        .bearer_auth(TEST_KEY)
-        .header("x-mock-status", "503")
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status().as_u16(), 503);
-    assert_eq!(resp.headers()["x-request-id"].len(), 36);
+    // An upstream failure passes through with its status and body, and a request id is
+    // generated when the client sent none; an unreachable upstream is a 502.
+    for (model, status) in [("failing-model", 503), ("unreachable-model", 502)] {
+        let resp = http
+            .post(&url)
+            .bearer_auth(TEST_KEY)
+            .json(&serde_json::json!({"model": model, "messages": [{"role": "user", "content": "hi"}]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), status);
+        assert_eq!(resp.headers()["x-request-id"].len(), 36);
+        let json: serde_json::Value = resp.json().await.unwrap();
+        assert!(json["error"]["message"].is_string(), "{json}");
+    }
 
-    // Authenticated requests are metered, failures included (4 of them above); 401s are not.
+    // Authenticated requests are metered, failures included; 401s are not.
     stack
-        .wait_for_rows(5, Duration::from_secs(60))
+        .wait_for_rows(6, Duration::from_secs(60))
         .await
         .unwrap();
     let statuses: Vec<u16> = stack
@@ -185,7 +189,7 @@ async fn api_errors_are_openai_shaped_and_request_ids_returned() {
         .fetch_all()
         .await
         .unwrap();
-    assert_eq!(statuses, vec![400, 400, 404, 413, 503]);
+    assert_eq!(statuses, vec![400, 400, 404, 413, 502, 503]);
     agg.shutdown().await;
     stack.proxy.shutdown().await;
 }

@@ -123,6 +123,18 @@ fn overrides(headers: &HeaderMap, cfg: &MockConfig) -> Result<Overrides, String>
     })
 }
 
+/// Model-name prefix making the mock fail, e.g. `mock-status-503`: lets a proxy's model
+/// deployment fail on purpose without the client sending mock headers.
+pub const MODEL_STATUS_PREFIX: &str = "mock-status-";
+
+fn model_status(model: &str) -> Option<StatusCode> {
+    let code: u16 = model.strip_prefix(MODEL_STATUS_PREFIX)?.parse().ok()?;
+    (400..=599)
+        .contains(&code)
+        .then(|| StatusCode::from_u16(code).ok())
+        .flatten()
+}
+
 /// `POST /v1/chat/completions`.
 async fn chat_completions(
     State(state): State<AppState>,
@@ -158,6 +170,14 @@ async fn chat_completions(
             )
         }
     };
+
+    if let Some(status) = model_status(&req.model) {
+        if !sleep_or_shutdown(ov.latency_ms, &mut shutdown).await {
+            return shutting_down();
+        }
+        let msg = format!("mock injected error (model {})", req.model);
+        return error_response(status, &msg);
+    }
 
     let prompt = prompt_tokens(req.messages.iter().map(|m| m.content.as_ref()));
     let (completion, finish) = plan_completion(
@@ -265,6 +285,12 @@ mod tests {
         assert_eq!(ov.latency_ms, 10);
         assert_eq!(ov.chunk_delay_ms, 0);
         assert_eq!(ov.status, Some(StatusCode::TOO_MANY_REQUESTS));
+        assert_eq!(
+            model_status("mock-status-503"),
+            Some(StatusCode::SERVICE_UNAVAILABLE)
+        );
+        assert_eq!(model_status("mock-status-200"), None);
+        assert_eq!(model_status("gpt-4o"), None);
 
         h.insert(HEADER_STATUS, HeaderValue::from_static("200"));
         assert_eq!(overrides(&h, &cfg).unwrap().status, None);

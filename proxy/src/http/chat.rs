@@ -6,7 +6,8 @@ use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
+use http_body_util::BodyExt;
 use serde_json::{Map, Value};
 
 use super::error::ApiError;
@@ -66,31 +67,39 @@ async fn handle(st: &AppState, req: Request, rid: &HeaderValue) -> Result<Respon
     result
 }
 
+/// Read the body up to `limit`. A larger body is drained (up to 8x the limit) before the 413,
+/// so that the client, still writing, can read the answer instead of a reset connection.
 async fn read_body(req: Request, limit: usize) -> Result<Bytes, ApiError> {
-    if let Some(len) = req
+    let drain_cap = limit.saturating_mul(8);
+    let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok())
-    {
-        if len > limit {
-            return Err(ApiError::BodyTooLarge(limit));
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|len| len > drain_cap) {
+        return Err(ApiError::BodyTooLarge(limit));
+    }
+    let mut body = req.into_body();
+    let mut buf = BytesMut::with_capacity(declared.unwrap_or(0).min(limit));
+    let mut total = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|_| ApiError::InvalidRequest {
+            message: "The request body could not be read.".into(),
+            param: None,
+        })?;
+        if let Ok(data) = frame.into_data() {
+            total += data.len();
+            if total <= limit {
+                buf.extend_from_slice(&data);
+            } else if total > drain_cap {
+                return Err(ApiError::BodyTooLarge(limit));
+            }
         }
     }
-    axum::body::to_bytes(req.into_body(), limit)
-        .await
-        .map_err(|e| {
-            let too_large = std::error::Error::source(&e)
-                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
-            if too_large {
-                ApiError::BodyTooLarge(limit)
-            } else {
-                ApiError::InvalidRequest {
-                    message: "The request body could not be read.".into(),
-                    param: None,
-                }
-            }
-        })
+    if total > limit {
+        return Err(ApiError::BodyTooLarge(limit));
+    }
+    Ok(buf.freeze())
 }
 
 async fn forward(
