@@ -6,6 +6,7 @@
 
 pub mod event;
 pub mod migrate;
+pub mod telemetry;
 pub mod topics;
 
 pub use event::{decode, encode, DecodeError, EncodeError, UsageEvent};

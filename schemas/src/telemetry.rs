@@ -1,0 +1,96 @@
+//! The telemetry contract: every metric Tollgate exports, in one place.
+//!
+//! Names follow `tollgate_<thing>_<unit>`. Labels are bounded: model, endpoint, status class,
+//! reason, kind, partition; never an API key, account or request id. `docs/metrics.md` lists the
+//! same catalogue (a test keeps the two in sync) and dashboards may only use these names.
+
+/// Prometheus metric kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Monotonic counter (`_total`).
+    Counter,
+    /// Gauge.
+    Gauge,
+    /// Histogram (`_seconds`, `_rows`, ...).
+    Histogram,
+}
+
+/// One catalogue entry.
+#[derive(Debug, Clone, Copy)]
+pub struct Metric {
+    /// Full name.
+    pub name: &'static str,
+    /// Kind.
+    pub kind: Kind,
+    /// Allowed labels (all bounded).
+    pub labels: &'static [&'static str],
+    /// What it measures.
+    pub help: &'static str,
+}
+
+macro_rules! catalogue {
+    ($( $(#[$doc:meta])* $ident:ident = $name:literal, $kind:ident, [$($label:literal),*], $help:literal; )*) => {
+        $( $(#[$doc])* #[doc = $help] pub const $ident: &str = $name; )*
+        /// Every metric, for docs and tests.
+        pub const CATALOGUE: &[Metric] = &[ $( Metric { name: $name, kind: Kind::$kind, labels: &[$($label),*], help: $help } ),* ];
+    };
+}
+
+catalogue! {
+    PROXY_REQUESTS = "tollgate_proxy_requests_total", Counter, ["model", "endpoint", "status"], "Requests answered, by public model, endpoint and HTTP status.";
+    PROXY_REQUEST_DURATION = "tollgate_proxy_request_duration_seconds", Histogram, ["model", "endpoint"], "Total request time in the proxy, until the last byte.";
+    PROXY_OVERHEAD = "tollgate_proxy_overhead_seconds", Histogram, ["endpoint"], "Time the proxy adds: total time minus time waiting on the upstream.";
+    PROXY_TTFT = "tollgate_proxy_ttft_seconds", Histogram, ["model"], "Time to first token of streamed responses.";
+    PROXY_UPSTREAM_DURATION = "tollgate_proxy_upstream_duration_seconds", Histogram, ["model"], "Time waiting on the upstream provider.";
+    PROXY_TOKENS = "tollgate_proxy_tokens_total", Counter, ["model", "kind"], "Tokens metered, kind = prompt | completion | cached.";
+    PROXY_COST = "tollgate_proxy_cost_nanousd_total", Counter, ["model"], "Cost metered, nano-USD.";
+    PROXY_REJECTIONS = "tollgate_proxy_rejections_total", Counter, ["reason"], "Requests refused before the upstream (auth, validation, limits, budgets).";
+    USAGE_EVENTS_SUBMITTED = "tollgate_usage_events_submitted_total", Counter, [], "Usage events handed to the publisher.";
+    USAGE_EVENTS_PUBLISHED = "tollgate_usage_events_published_total", Counter, [], "Usage events acknowledged by Kafka.";
+    USAGE_EVENTS_SPOOLED = "tollgate_usage_events_spooled_total", Counter, [], "Usage events written to the disk spool.";
+    USAGE_EVENTS_REPLAYED = "tollgate_usage_events_replayed_total", Counter, [], "Spooled usage events replayed to Kafka.";
+    USAGE_EVENTS_DROPPED = "tollgate_usage_events_dropped_total", Counter, ["reason"], "Usage events lost, reason = queue_full | spool_full | encode | spool_io.";
+    USAGE_SPOOL_BYTES = "tollgate_usage_spool_bytes", Gauge, [], "Bytes in the disk spool not yet replayed.";
+    USAGE_SPOOL_EVENTS = "tollgate_usage_spool_events", Gauge, [], "Events in the disk spool not yet replayed.";
+    USAGE_QUEUE_EVENTS = "tollgate_usage_queue_events", Gauge, [], "Events waiting in the in-memory publish queue.";
+    AGG_CONSUMED = "tollgate_aggregator_events_consumed_total", Counter, [], "Messages read from the usage topic.";
+    AGG_INSERTED = "tollgate_aggregator_rows_inserted_total", Counter, [], "Rows inserted into usage_events.";
+    AGG_SKIPPED = "tollgate_aggregator_rows_skipped_total", Counter, [], "Messages skipped because ClickHouse already held them (replays).";
+    AGG_DEAD_LETTERS = "tollgate_aggregator_dead_letters_total", Counter, ["reason"], "Messages sent to the dead-letter table.";
+    AGG_BATCH_ROWS = "tollgate_aggregator_batch_rows", Histogram, [], "Rows per insert.";
+    AGG_INSERT_DURATION = "tollgate_aggregator_insert_duration_seconds", Histogram, [], "ClickHouse insert latency.";
+    AGG_CLICKHOUSE_ERRORS = "tollgate_aggregator_clickhouse_errors_total", Counter, ["kind"], "ClickHouse errors, kind = transient | bad_data.";
+    AGG_LAG = "tollgate_aggregator_consumer_lag_events", Gauge, ["partition"], "Messages behind the partition's high watermark.";
+    AGG_GAPS = "tollgate_aggregator_sequence_gaps_total", Counter, [], "Missing proxy_seq numbers seen (events lost between proxy and Kafka).";
+    AGG_DUPLICATES = "tollgate_aggregator_sequence_duplicates_total", Counter, [], "Repeated proxy_seq numbers seen (events produced twice).";
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_the_convention_and_are_unique() {
+        let mut names: Vec<&str> = CATALOGUE.iter().map(|m| m.name).collect();
+        for m in CATALOGUE {
+            assert!(m.name.starts_with("tollgate_"), "{}", m.name);
+            if m.kind == Kind::Counter {
+                assert!(m.name.ends_with("_total"), "{}", m.name);
+            }
+            for l in m.labels {
+                assert!(!["api_key", "account", "account_id", "key", "request_id"].contains(l));
+            }
+        }
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), CATALOGUE.len());
+    }
+
+    #[test]
+    fn docs_list_every_metric() {
+        let doc = include_str!("../../docs/metrics.md");
+        for m in CATALOGUE {
+            assert!(doc.contains(m.name), "docs/metrics.md misses {}", m.name);
+        }
+    }
+}
