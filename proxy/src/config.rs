@@ -161,6 +161,9 @@ pub struct KafkaConfig {
     /// Enable the idempotent producer (acks=all).
     #[serde(default = "defaults::yes")]
     pub idempotence: bool,
+    /// Disk spool used while the broker is slow or down.
+    #[serde(default)]
+    pub spool: crate::usage::spool::SpoolConfig,
 }
 
 mod defaults {

@@ -4,6 +4,8 @@
 //! in parallel without seeing each other's rows. Service addresses come from
 //! `TOLLGATE_KAFKA_BROKERS` and `TOLLGATE_CLICKHOUSE_URL` (defaults: the local stack).
 
+pub mod private;
+
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -58,10 +60,15 @@ pub fn unique(prefix: &str) -> String {
     format!("{prefix}_{}", &id[id.len() - 12..])
 }
 
-/// Create a topic (Tansu does not auto-create) and wait until it is usable.
+/// Create a topic on the shared broker (Tansu does not auto-create topics).
 pub async fn create_topic(name: &str, partitions: i32) -> anyhow::Result<()> {
+    create_topic_on(&brokers(), name, partitions).await
+}
+
+/// Create a topic on the broker at `brokers`; an existing topic is fine.
+pub async fn create_topic_on(brokers: &str, name: &str, partitions: i32) -> anyhow::Result<()> {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
+        .set("bootstrap.servers", brokers)
         .create()
         .context("admin client")?;
     let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));

@@ -1,6 +1,7 @@
 //! Metering: one usage event per request, emitted exactly once even when the client leaves.
 
 pub mod publisher;
+pub mod spool;
 
 use std::collections::HashMap;
 use std::sync::Arc;
