@@ -41,10 +41,11 @@ demo:
 	@infra/dev/demo.sh
 
 test-rust:
+	cargo build --workspace --bins
 	cargo nextest run --workspace --no-fail-fast
 
 test-python:
-	python3 -m pytest -q schemas/tests
+	python3 -m pytest -q schemas/tests dashboards/tests
 
 test-demo:
 	@mkdir -p $(STATE)
@@ -54,3 +55,37 @@ test-demo:
 
 test: up lint test-rust test-python test-demo
 	@echo "make test: all suites passed"
+
+.PHONY: bench-aggregator
+# Aggregator ingest benchmark (release build): pre-produce events, print stored events/s.
+# Needs the local stack (make up). BENCH_EVENTS=N to change the event count.
+bench-aggregator:
+	cargo run --release -p tollgate-aggregator --bin tollgate-ingest-bench -- --events $${BENCH_EVENTS:-200000}
+
+# Benchmarks (loadtest/scenarios/bench*.yaml; docs/benchmarks.md). Release binaries, the
+# local stack, then mock, aggregator and proxy started by tollgate-loadtest itself; the
+# dated report lands in bench/results/ (Markdown + JSON + SVG).
+.PHONY: bench bench-quick bench-build
+BENCH_BIN := $(or $(CARGO_TARGET_DIR),target)/release
+BENCH_TOPIC := tollgate.bench.v1
+
+bench-build:
+	cargo build --release -p tollgate-proxy -p tollgate-aggregator -p tollgate-loadtest --bins
+
+bench: deps bench-build
+	@$(STACK) up
+	@$(STACK) topic $(BENCH_TOPIC) 4
+	$(BENCH_BIN)/tollgate-loadtest bench --plan loadtest/scenarios/bench.yaml \
+	  --bin-dir $(BENCH_BIN) --out bench/results
+
+bench-quick: deps bench-build
+	@$(STACK) up
+	@$(STACK) topic $(BENCH_TOPIC) 4
+	$(BENCH_BIN)/tollgate-loadtest bench --plan loadtest/scenarios/bench-quick.yaml \
+	  --bin-dir $(BENCH_BIN) --out bench/results
+
+# Rate-limit overhead (Redis backend, release build): added latency at p50/p99.
+# Needs the local stack. BENCH_REQUESTS=N to change the sample size.
+.PHONY: bench-ratelimit
+bench-ratelimit: up
+	cargo run -p tollgate-proxy --release --example ratelimit_bench

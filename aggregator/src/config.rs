@@ -34,15 +34,35 @@ pub enum ConfigError {
 }
 
 /// Top-level aggregator configuration.
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AggregatorConfig {
+    /// Address of the HTTP listener serving `/metrics`, `/healthz` and `/readyz`
+    /// (port 0 picks a free port).
+    pub listen: String,
     /// Kafka consumer settings.
     pub kafka: KafkaConfig,
     /// ClickHouse connection.
     pub clickhouse: ClickHouseConfig,
     /// Batching.
     pub batch: BatchConfig,
+    /// Backoff of ClickHouse calls that failed transiently.
+    pub retry: RetryConfig,
+    /// Gap and duplicate accounting of `proxy_seq`.
+    pub sequence: SequenceConfig,
+}
+
+impl Default for AggregatorConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8082".into(),
+            kafka: KafkaConfig::default(),
+            clickhouse: ClickHouseConfig::default(),
+            batch: BatchConfig::default(),
+            retry: RetryConfig::default(),
+            sequence: SequenceConfig::default(),
+        }
+    }
 }
 
 /// Kafka consumer settings.
@@ -55,6 +75,8 @@ pub struct KafkaConfig {
     pub topic: String,
     /// Consumer group; every instance of one deployment shares it.
     pub group_id: String,
+    /// Group session timeout (ms): how long a crashed member keeps its partitions.
+    pub session_timeout_ms: u64,
 }
 
 impl Default for KafkaConfig {
@@ -63,6 +85,7 @@ impl Default for KafkaConfig {
             brokers: "127.0.0.1:9092".into(),
             topic: tollgate_schemas::topics::USAGE_TOPIC.into(),
             group_id: "tollgate-aggregator".into(),
+            session_timeout_ms: 10_000,
         }
     }
 }
@@ -81,6 +104,9 @@ pub struct ClickHouseConfig {
     pub password: String,
     /// Apply migrations at startup.
     pub migrate: bool,
+    /// Limit (ms) of one ClickHouse call (insert or query); a call that takes longer counts as
+    /// a transient failure.
+    pub timeout_ms: u64,
 }
 
 impl std::fmt::Debug for ClickHouseConfig {
@@ -91,6 +117,7 @@ impl std::fmt::Debug for ClickHouseConfig {
             .field("user", &self.user)
             .field("password", &"***")
             .field("migrate", &self.migrate)
+            .field("timeout_ms", &self.timeout_ms)
             .finish()
     }
 }
@@ -103,6 +130,7 @@ impl Default for ClickHouseConfig {
             user: "default".into(),
             password: String::new(),
             migrate: true,
+            timeout_ms: 30_000,
         }
     }
 }
@@ -122,6 +150,45 @@ impl Default for BatchConfig {
         Self {
             max_rows: 5_000,
             max_wait_ms: 500,
+        }
+    }
+}
+
+/// Exponential backoff of a partition whose write failed transiently.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryConfig {
+    /// First delay (ms).
+    pub initial_backoff_ms: u64,
+    /// Largest delay (ms).
+    pub max_backoff_ms: u64,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        Self {
+            initial_backoff_ms: 100,
+            max_backoff_ms: 5_000,
+        }
+    }
+}
+
+/// Bounded per-proxy state of the `proxy_seq` gap and duplicate counters.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SequenceConfig {
+    /// Sequence numbers remembered per proxy (rounded up to a multiple of 64). A number still
+    /// missing when the newest one is this far ahead counts as a gap.
+    pub window: u64,
+    /// Proxies tracked at once; the least recently seen is forgotten beyond this.
+    pub max_proxies: usize,
+}
+
+impl Default for SequenceConfig {
+    fn default() -> Self {
+        Self {
+            window: 65_536,
+            max_proxies: 1_024,
         }
     }
 }
@@ -147,11 +214,13 @@ impl AggregatorConfig {
         Ok(cfg)
     }
 
-    /// The one seam for environment overrides: `TOLLGATE_KAFKA_BROKERS`, `TOLLGATE_KAFKA_TOPIC`,
-    /// `TOLLGATE_AGGREGATOR_GROUP`, `TOLLGATE_CLICKHOUSE_URL`, `TOLLGATE_CLICKHOUSE_DATABASE`,
-    /// `TOLLGATE_CLICKHOUSE_USER`, `TOLLGATE_CLICKHOUSE_PASSWORD`.
+    /// The one seam for environment overrides: `TOLLGATE_AGGREGATOR_LISTEN`,
+    /// `TOLLGATE_KAFKA_BROKERS`, `TOLLGATE_KAFKA_TOPIC`, `TOLLGATE_AGGREGATOR_GROUP`,
+    /// `TOLLGATE_CLICKHOUSE_URL`, `TOLLGATE_CLICKHOUSE_DATABASE`, `TOLLGATE_CLICKHOUSE_USER`,
+    /// `TOLLGATE_CLICKHOUSE_PASSWORD`.
     pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) {
-        let fields: [(&str, &mut String); 7] = [
+        let fields: [(&str, &mut String); 8] = [
+            ("TOLLGATE_AGGREGATOR_LISTEN", &mut self.listen),
             ("TOLLGATE_KAFKA_BROKERS", &mut self.kafka.brokers),
             ("TOLLGATE_KAFKA_TOPIC", &mut self.kafka.topic),
             ("TOLLGATE_AGGREGATOR_GROUP", &mut self.kafka.group_id),
@@ -204,6 +273,32 @@ impl AggregatorConfig {
         if self.batch.max_wait_ms == 0 {
             return Err(invalid("batch.max_wait_ms", "must be at least 1"));
         }
+        if self.listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(invalid(
+                "listen",
+                "must be an IP:port address, e.g. 127.0.0.1:8082",
+            ));
+        }
+        if self.kafka.session_timeout_ms < 1_000 {
+            return Err(invalid("kafka.session_timeout_ms", "must be at least 1000"));
+        }
+        if self.clickhouse.timeout_ms < 100 {
+            return Err(invalid("clickhouse.timeout_ms", "must be at least 100"));
+        }
+        if self.retry.initial_backoff_ms == 0
+            || self.retry.max_backoff_ms < self.retry.initial_backoff_ms
+        {
+            return Err(invalid(
+                "retry",
+                "initial_backoff_ms must be at least 1 and at most max_backoff_ms",
+            ));
+        }
+        if self.sequence.window == 0 || self.sequence.window > 1 << 24 {
+            return Err(invalid("sequence.window", "must be between 1 and 16777216"));
+        }
+        if self.sequence.max_proxies == 0 {
+            return Err(invalid("sequence.max_proxies", "must be at least 1"));
+        }
         Ok(())
     }
 }
@@ -238,5 +333,16 @@ mod tests {
         cfg.apply_env(|k| (k == "TOLLGATE_CLICKHOUSE_PASSWORD").then(|| "hunter2".to_string()));
         assert_eq!(cfg.clickhouse.password, "hunter2");
         assert!(!format!("{cfg:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn listen_defaults_and_env_override() {
+        let mut cfg = AggregatorConfig::default();
+        assert_eq!(cfg.listen, "127.0.0.1:8082");
+        cfg.apply_env(|k| (k == "TOLLGATE_AGGREGATOR_LISTEN").then(|| "127.0.0.1:0".to_string()));
+        assert_eq!(cfg.listen, "127.0.0.1:0");
+        cfg.validate().unwrap();
+        cfg.listen = "nowhere".into();
+        assert!(cfg.validate().unwrap_err().to_string().contains("`listen`"));
     }
 }

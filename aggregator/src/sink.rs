@@ -1,5 +1,10 @@
-//! ClickHouse side: the row type, inserts, and the stored-offset watermark.
+//! ClickHouse side: the row types, inserts, and which Kafka offsets are already stored.
 
+use std::collections::HashSet;
+use std::future::Future;
+use std::time::Duration;
+
+use clickhouse::error::Error;
 use clickhouse::{Client, Compression, Row};
 use serde::Serialize;
 use tollgate_schemas::UsageEvent;
@@ -81,7 +86,67 @@ impl UsageRow {
             kafka_offset: offset,
         }
     }
+
+    /// The `ts` column (Unix seconds).
+    pub fn ts(&self) -> u32 {
+        self.ts
+    }
+
+    /// Producing proxy process.
+    pub fn proxy_id(&self) -> &str {
+        &self.proxy_id
+    }
+
+    /// The proxy's sequence number of this event.
+    pub fn proxy_seq(&self) -> i64 {
+        self.proxy_seq
+    }
+
+    /// Request id.
+    pub fn request_id(&self) -> &str {
+        &self.request_id
+    }
+
+    /// Event id.
+    pub fn event_id(&self) -> &str {
+        &self.event_id
+    }
+
+    /// Request start, Unix milliseconds.
+    pub fn ts_ms(&self) -> i64 {
+        self.ts_ms
+    }
 }
+
+/// One `usage_dead_letters` row (migration 0002).
+#[derive(Debug, Clone, Row, Serialize, PartialEq)]
+pub struct DeadLetterRow {
+    /// Topic.
+    pub kafka_topic: String,
+    /// Partition.
+    pub kafka_partition: i32,
+    /// Offset: one dead letter per offset at most.
+    pub kafka_offset: i64,
+    /// Kafka message timestamp (ms), 0 when the message had none.
+    pub kafka_ts_ms: i64,
+    /// Bounded reason, also the `reason` label of the dead-letter counter.
+    pub reason: String,
+    /// The decoder's or ClickHouse's error message.
+    pub error: String,
+    /// The raw message bytes, hex (at most [`MAX_PAYLOAD_BYTES`] of them).
+    pub payload_hex: String,
+    /// Length of the raw message.
+    pub payload_bytes: u32,
+    /// Event id, when the message decoded.
+    pub event_id: String,
+    /// Producing proxy, when the message decoded.
+    pub proxy_id: String,
+    /// Its sequence number, when the message decoded (else 0).
+    pub proxy_seq: i64,
+}
+
+/// Raw bytes kept per dead letter; longer payloads are cut (the full length is recorded).
+pub const MAX_PAYLOAD_BYTES: usize = 1 << 20;
 
 /// A ClickHouse client set up for 18.16 and modern servers alike: plain `RowBinary`, no
 /// compression, no row-type validation (older servers lack `RowBinaryWithNamesAndTypes`).
@@ -94,28 +159,81 @@ pub fn client(cfg: &ClickHouseConfig) -> Client {
         .with_validation(false)
 }
 
-/// Writes usage rows into one database.
+/// The offsets of one partition to look up: `lo..=hi`; rows of `usage_events` are searched
+/// with `ts` within `ts` (when given) so the query can prune monthly partitions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OffsetRange {
+    /// Partition.
+    pub partition: i32,
+    /// Lowest offset.
+    pub lo: i64,
+    /// Highest offset.
+    pub hi: i64,
+    /// Smallest and largest `ts` of the events among those offsets (None: no events).
+    pub ts: Option<(u32, u32)>,
+}
+
+/// What the write path needs from ClickHouse (a trait so tests can fake failures).
+pub trait Store {
+    /// Insert usage rows in one INSERT.
+    fn insert_rows(&self, rows: &[&UsageRow]) -> impl Future<Output = Result<(), Error>> + Send;
+    /// Insert dead letters in one INSERT.
+    fn insert_dead_letters(
+        &self,
+        rows: &[DeadLetterRow],
+    ) -> impl Future<Output = Result<(), Error>> + Send;
+    /// Offsets in the range stored in `usage_events` or `usage_dead_letters`.
+    fn stored_offsets(
+        &self,
+        range: OffsetRange,
+    ) -> impl Future<Output = Result<HashSet<i64>, Error>> + Send;
+    /// Which of `event_ids` (events whose `ts` lies in `ts_lo..=ts_hi`, Unix seconds) are
+    /// already stored in `usage_events`, at any offset.
+    fn stored_event_ids(
+        &self,
+        event_ids: &[&str],
+        ts_lo: u32,
+        ts_hi: u32,
+    ) -> impl Future<Output = Result<HashSet<String>, Error>> + Send;
+}
+
+/// Most event ids per lookup query (keeps the query under ClickHouse's `max_query_size`).
+const EVENT_IDS_PER_QUERY: usize = 2_000;
+
+/// Writes usage rows and dead letters into one database; every call is bounded by
+/// `clickhouse.timeout_ms`.
 #[derive(Clone)]
 pub struct ClickHouseSink {
     db: Client,
+    topic: String,
+    timeout: Duration,
 }
 
 impl std::fmt::Debug for ClickHouseSink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("ClickHouseSink")
+        f.debug_struct("ClickHouseSink")
+            .field("topic", &self.topic)
+            .finish()
     }
 }
 
 impl ClickHouseSink {
-    /// Sink into `cfg.database`.
-    pub fn new(cfg: &ClickHouseConfig) -> Self {
+    /// Sink into `cfg.database` for messages of `topic`.
+    pub fn new(cfg: &ClickHouseConfig, topic: &str) -> Self {
         Self {
             db: client(cfg).with_database(&cfg.database),
+            topic: topic.to_string(),
+            timeout: Duration::from_millis(cfg.timeout_ms),
         }
     }
 
-    /// Insert rows in one INSERT (atomic for a batch within one monthly partition).
-    pub async fn insert(&self, rows: &[UsageRow]) -> Result<(), clickhouse::error::Error> {
+    async fn bounded<T>(&self, call: impl Future<Output = Result<T, Error>>) -> Result<T, Error> {
+        tokio::time::timeout(self.timeout, call)
+            .await
+            .unwrap_or(Err(Error::TimedOut))
+    }
+
+    async fn insert_usage(&self, rows: &[&UsageRow]) -> Result<(), Error> {
         if rows.is_empty() {
             return Ok(());
         }
@@ -126,19 +244,115 @@ impl ClickHouseSink {
         insert.end().await
     }
 
-    /// Highest Kafka offset already stored for a partition (`None` when nothing is).
-    pub async fn stored_watermark(
-        &self,
-        topic: &str,
-        partition: i32,
-    ) -> Result<Option<i64>, clickhouse::error::Error> {
-        let (count, max) = self
+    async fn insert_dead(&self, rows: &[DeadLetterRow]) -> Result<(), Error> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let mut insert = self
             .db
-            .query("SELECT count(), max(kafka_offset) FROM usage_events WHERE kafka_topic = ? AND kafka_partition = ?")
-            .bind(topic)
-            .bind(partition)
-            .fetch_one::<(u64, i64)>()
+            .insert::<DeadLetterRow>("usage_dead_letters")
             .await?;
+        for row in rows {
+            insert.write(row).await?;
+        }
+        insert.end().await
+    }
+
+    /// Highest offset of `partition` stored in `usage_events` or `usage_dead_letters` (None
+    /// when neither holds any). Scans the partition's rows of `usage_events`; asked once per
+    /// partition per assignment.
+    pub async fn max_stored_offset(&self, partition: i32) -> Result<Option<i64>, Error> {
+        let query = self
+            .db
+            .query(
+                "SELECT count(), max(o) FROM ( \
+                   SELECT kafka_offset AS o FROM usage_events \
+                     WHERE kafka_topic = ? AND kafka_partition = ? \
+                   UNION ALL \
+                   SELECT kafka_offset AS o FROM usage_dead_letters \
+                     WHERE kafka_topic = ? AND kafka_partition = ?)",
+            )
+            .bind(&self.topic)
+            .bind(partition)
+            .bind(&self.topic)
+            .bind(partition);
+        let (count, max) = self.bounded(query.fetch_one::<(u64, i64)>()).await?;
         Ok((count > 0).then_some(max))
+    }
+
+    /// `SELECT 1`: is the server answering?
+    pub async fn ping(&self) -> Result<(), Error> {
+        self.bounded(self.db.query("SELECT 1").fetch_one::<u8>())
+            .await
+            .map(|_| ())
+    }
+}
+
+impl Store for ClickHouseSink {
+    async fn insert_rows(&self, rows: &[&UsageRow]) -> Result<(), Error> {
+        self.bounded(self.insert_usage(rows)).await
+    }
+
+    async fn insert_dead_letters(&self, rows: &[DeadLetterRow]) -> Result<(), Error> {
+        self.bounded(self.insert_dead(rows)).await
+    }
+
+    async fn stored_offsets(&self, range: OffsetRange) -> Result<HashSet<i64>, Error> {
+        let dead = self
+            .db
+            .query(
+                "SELECT kafka_offset FROM usage_dead_letters WHERE kafka_topic = ? \
+                 AND kafka_partition = ? AND kafka_offset >= ? AND kafka_offset <= ?",
+            )
+            .bind(&self.topic)
+            .bind(range.partition)
+            .bind(range.lo)
+            .bind(range.hi);
+        let mut stored: HashSet<i64> = self
+            .bounded(dead.fetch_all::<i64>())
+            .await?
+            .into_iter()
+            .collect();
+        if let Some((ts_lo, ts_hi)) = range.ts {
+            let rows = self
+                .db
+                .query(
+                    "SELECT kafka_offset FROM usage_events WHERE ts >= toDateTime(?) \
+                     AND ts <= toDateTime(?) AND kafka_topic = ? AND kafka_partition = ? \
+                     AND kafka_offset >= ? AND kafka_offset <= ?",
+                )
+                .bind(ts_lo)
+                .bind(ts_hi)
+                .bind(&self.topic)
+                .bind(range.partition)
+                .bind(range.lo)
+                .bind(range.hi);
+            stored.extend(self.bounded(rows.fetch_all::<i64>()).await?);
+        }
+        Ok(stored)
+    }
+
+    async fn stored_event_ids(
+        &self,
+        event_ids: &[&str],
+        ts_lo: u32,
+        ts_hi: u32,
+    ) -> Result<HashSet<String>, Error> {
+        let mut found = HashSet::new();
+        for chunk in event_ids.chunks(EVENT_IDS_PER_QUERY) {
+            let query = self
+                .db
+                .query(
+                    // `IN (SELECT arrayJoin([...]))`: a bound array is an Array literal,
+                    // which `IN` does not accept as a set on 18.16.
+                    "SELECT event_id FROM usage_events WHERE ts >= toDateTime(?) \
+                     AND ts <= toDateTime(?) AND event_id IN (SELECT arrayJoin(?))",
+                )
+                .bind(ts_lo)
+                .bind(ts_hi)
+                .bind(chunk);
+            found.extend(self.bounded(query.fetch_all::<String>()).await?);
+        }
+        Ok(found)
     }
 }

@@ -75,5 +75,11 @@ echo "Usage summary of run $RUN_ID (from ClickHouse table tollgate.usage_events)
 "$BIN/tollgate-aggregator" summary --run-id "$RUN_ID"
 echo
 echo "run_id: $RUN_ID   rows: $stored   requests ok: $ok"
-echo "Proxy http://127.0.0.1:8080 (key $KEY), mock :8090, ClickHouse :8123, Prometheus :9090; logs in $LOG_DIR"
+echo "Proxy http://127.0.0.1:8080 (key $KEY), mock :8090; logs in $LOG_DIR"
+echo "Where to look (docs/observability.md):"
+echo "  metrics     http://127.0.0.1:8080/metrics (proxy), http://127.0.0.1:8082/metrics (aggregator); catalogue: docs/metrics.md"
+echo "  Prometheus  http://127.0.0.1:${TOLLGATE_PROMETHEUS_PORT:-9090}/graph?g0.expr=sum%20by%20(model)%20(rate(tollgate_proxy_requests_total%5B1m%5D))  (scrape targets: /targets)"
+echo "  ClickHouse  clickhouse-client --port ${TOLLGATE_CLICKHOUSE_TCP_PORT:-9000} --database tollgate; ready-made SQL: docs/querying.md"
+echo "  Grafana     dashboards/*.json + dashboards/provisioning/ (Usage & cost, Latency & errors, Gateway & pipeline health)"
+echo "  logs        $LOG_DIR/demo-proxy.log (JSON; request lines carry request_id = the x-request-id response header)"
 echo "Everything keeps running. Stop it all with: make stop"

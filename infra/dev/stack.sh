@@ -284,11 +284,11 @@ cmd_install() {
     log "tansu: installed ($(tansu_bin))"
   fi
 
-  if python3 -c 'import chdb' >/dev/null 2>&1 && python3 -m pytest --version >/dev/null 2>&1; then
-    log "python: chdb and pytest already installed"
+  if python3 -c 'import chdb, openai, anthropic' >/dev/null 2>&1 && python3 -m pytest --version >/dev/null 2>&1; then
+    log "python: chdb, openai, anthropic and pytest already installed"
   else
-    log "python: pip install chdb-core pytest"
-    python3 -m pip install -q chdb-core pytest
+    log "python: pip install chdb-core pytest openai anthropic"
+    python3 -m pip install -q chdb-core pytest openai anthropic
   fi
   log "install: done"
 }
@@ -382,7 +382,7 @@ usage() {
   cat <<EOF
 usage: $0 COMMAND [ARGS]
 
-  install                 install missing apt packages, tansu (cargo), chdb+pytest (pip)
+  install                 install missing apt packages, tansu (cargo), chdb+pytest+SDKs (pip)
   up                      start all services (idempotent) and create topic $DEFAULT_TOPIC
   down [--purge]          stop all services; --purge also deletes $STATE_DIR
   status                  one line per service; exit 0 only if all are up

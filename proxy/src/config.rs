@@ -6,6 +6,8 @@ use std::path::Path;
 
 use serde::Deserialize;
 
+use crate::entities::{Account, ApiKey, FieldError, Model};
+
 /// Error in the configuration, naming the key path and the fix.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -55,81 +57,33 @@ pub struct ProxyConfig {
     /// Largest accepted request body, bytes.
     #[serde(default = "defaults::max_body_bytes")]
     pub max_body_bytes: usize,
-    /// Public models this proxy serves.
-    pub models: Vec<ModelConfig>,
-    /// Virtual API keys.
-    pub api_keys: Vec<ApiKeyConfig>,
+    /// Public models (the whole catalog in standalone mode; a seed for Redis otherwise).
+    #[serde(default)]
+    pub models: Vec<Model>,
+    /// Virtual API keys (same: catalog or seed).
+    #[serde(default)]
+    pub api_keys: Vec<ApiKey>,
+    /// Accounts (same: catalog or seed).
+    #[serde(default)]
+    pub accounts: Vec<Account>,
+    /// Admin API; absent: no admin listener.
+    #[serde(default)]
+    pub admin: Option<AdminConfig>,
+    /// Shared config store; absent: standalone from this file.
+    #[serde(default)]
+    pub redis: Option<RedisConfig>,
     /// Usage event publishing.
     pub kafka: KafkaConfig,
     /// Graceful shutdown: how long in-flight streams may run after SIGTERM.
     #[serde(default = "defaults::shutdown_grace_secs")]
     pub shutdown_grace_secs: u64,
+    /// Where rate-limit counters live and what happens when that store is down.
+    #[serde(default)]
+    pub limits: crate::limits::LimitsConfig,
 }
 
-/// A public model name and the upstream deployment serving it.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ModelConfig {
-    /// Public name clients send in `model`.
-    pub name: String,
-    /// Provider kind; `openai` (any OpenAI-compatible base URL).
-    #[serde(default = "defaults::provider")]
-    pub provider: String,
-    /// Base URL including the version prefix, e.g. `https://api.openai.com/v1`.
-    pub base_url: String,
-    /// Model name sent upstream; defaults to `name`.
-    #[serde(default)]
-    pub upstream_model: Option<String>,
-    /// Name of the environment variable holding the provider key (never the key itself).
-    #[serde(default)]
-    pub api_key_env: Option<String>,
-    /// Prices in USD per million tokens.
-    #[serde(default)]
-    pub pricing: Pricing,
-    /// Whole-request timeout towards the upstream, seconds.
-    #[serde(default = "defaults::upstream_timeout_secs")]
-    pub timeout_secs: u64,
-}
-
-/// Prices in USD per million tokens.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct Pricing {
-    /// Uncached input tokens.
-    #[serde(default)]
-    pub input_per_mtok: f64,
-    /// Output tokens.
-    #[serde(default)]
-    pub output_per_mtok: f64,
-    /// Cached input tokens; defaults to the input price.
-    #[serde(default)]
-    pub cached_input_per_mtok: Option<f64>,
-}
-
-/// A virtual API key.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ApiKeyConfig {
-    /// Stable key id recorded in usage events.
-    pub id: String,
-    /// Hex SHA-256 of the secret a client presents (preferred: no secret at rest).
-    #[serde(default)]
-    pub secret_sha256: Option<String>,
-    /// The plaintext secret (development only); hashed on load and never printed.
-    #[serde(default)]
-    pub secret: Option<Secret>,
-    /// Owning account.
-    pub account_id: String,
-    /// Owning team.
-    #[serde(default)]
-    pub team_id: String,
-    /// Models this key may use; empty means all.
-    #[serde(default)]
-    pub allowed_models: Vec<String>,
-}
-
-/// A secret string that never prints.
-#[derive(Clone, Deserialize)]
+/// A secret string that never prints (serialized only into the config store).
+#[derive(Clone, Deserialize, serde::Serialize, PartialEq)]
 #[serde(transparent)]
 pub struct Secret(String);
 
@@ -144,6 +98,35 @@ impl std::fmt::Debug for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Secret(***)")
     }
+}
+
+/// Admin API listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Address (its own listener; keep it private).
+    #[serde(default = "defaults::admin_listen")]
+    pub listen: SocketAddr,
+    /// Hex SHA-256 of the admin key.
+    #[serde(default)]
+    pub key_sha256: Option<String>,
+    /// Environment variable holding the admin key.
+    #[serde(default)]
+    pub key_env: Option<String>,
+}
+
+/// Redis config store.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisConfig {
+    /// `redis://host:port[/db]`.
+    pub url: String,
+    /// Key prefix (a `{hash tag}` is added so all config keys share one cluster slot).
+    #[serde(default = "defaults::redis_prefix")]
+    pub prefix: String,
+    /// Full resync interval, ms (changes also arrive by pub/sub notice).
+    #[serde(default = "defaults::resync_ms")]
+    pub resync_ms: u64,
 }
 
 /// Kafka producer settings for usage events.
@@ -175,11 +158,14 @@ mod defaults {
     pub fn max_body_bytes() -> usize {
         4 * 1024 * 1024
     }
-    pub fn provider() -> String {
-        "openai".into()
+    pub fn admin_listen() -> SocketAddr {
+        SocketAddr::from((Ipv4Addr::LOCALHOST, 8081))
     }
-    pub fn upstream_timeout_secs() -> u64 {
-        600
+    pub fn redis_prefix() -> String {
+        "tollgate".into()
+    }
+    pub fn resync_ms() -> u64 {
+        5_000
     }
     pub fn topic() -> String {
         tollgate_schemas::topics::USAGE_TOPIC.into()
@@ -208,16 +194,19 @@ impl ProxyConfig {
         Ok(cfg)
     }
 
-    /// Parse YAML text (no env overrides, no validation).
+    /// Parse YAML text and normalize model shorthands (no env overrides, no validation).
     pub fn from_yaml(text: &str, origin: &str) -> Result<Self, ConfigError> {
-        serde_yaml::from_str(text).map_err(|e| ConfigError::Parse {
+        let mut cfg: Self = serde_yaml::from_str(text).map_err(|e| ConfigError::Parse {
             path: origin.to_string(),
             message: e.to_string(),
-        })
+        })?;
+        cfg.normalize();
+        Ok(cfg)
     }
 
-    /// The one seam for environment overrides:
-    /// `TOLLGATE_PROXY_LISTEN`, `TOLLGATE_PROXY_ID`, `TOLLGATE_KAFKA_BROKERS`, `TOLLGATE_KAFKA_TOPIC`.
+    /// The one seam for environment overrides: `TOLLGATE_PROXY_LISTEN`, `TOLLGATE_PROXY_ID`,
+    /// `TOLLGATE_KAFKA_BROKERS`, `TOLLGATE_KAFKA_TOPIC`, `TOLLGATE_REDIS_URL` (sets `redis.url`),
+    /// `TOLLGATE_LIMITS_BACKEND`, `TOLLGATE_LIMITS_REDIS_URL`, `TOLLGATE_LIMITS_FAILURE_MODE`.
     pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
         if let Some(v) = get("TOLLGATE_PROXY_LISTEN") {
             self.listen = v.parse().map_err(|_| {
@@ -236,100 +225,148 @@ impl ProxyConfig {
         if let Some(v) = get("TOLLGATE_KAFKA_TOPIC") {
             self.kafka.topic = v;
         }
+        if let Some(url) = get("TOLLGATE_REDIS_URL") {
+            match &mut self.redis {
+                Some(r) => r.url = url,
+                None => {
+                    self.redis = Some(RedisConfig {
+                        url,
+                        prefix: defaults::redis_prefix(),
+                        resync_ms: defaults::resync_ms(),
+                    })
+                }
+            }
+        }
+        self.apply_limits_env(get)
+    }
+
+    fn apply_limits_env(
+        &mut self,
+        get: impl Fn(&str) -> Option<String>,
+    ) -> Result<(), ConfigError> {
+        use crate::limits::{Backend, FailureMode};
+        let l = &mut self.limits;
+        if let Some(v) = get("TOLLGATE_LIMITS_BACKEND") {
+            l.backend = Some(match v.as_str() {
+                "local" => Backend::Local,
+                "redis" => Backend::Redis,
+                _ => {
+                    return Err(invalid(
+                        "limits.backend (TOLLGATE_LIMITS_BACKEND)",
+                        "expected local or redis",
+                    ))
+                }
+            });
+        }
+        if let Some(v) = get("TOLLGATE_LIMITS_REDIS_URL") {
+            l.redis_url = Some(Secret(v));
+        }
+        if let Some(v) = get("TOLLGATE_LIMITS_FAILURE_MODE") {
+            l.failure_mode = match v.as_str() {
+                "open" => FailureMode::Open,
+                "closed" => FailureMode::Closed,
+                _ => {
+                    return Err(invalid(
+                        "limits.failure_mode (TOLLGATE_LIMITS_FAILURE_MODE)",
+                        "expected open or closed",
+                    ))
+                }
+            };
+        }
         Ok(())
+    }
+
+    /// Normalize model shorthands and hash plaintext key secrets (call after parsing).
+    pub fn normalize(&mut self) {
+        for m in &mut self.models {
+            m.normalize();
+        }
     }
 
     /// Check values and cross-references; errors name the key path.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.models.is_empty() {
-            return Err(invalid("models", "at least one model is required"));
+        let field = |prefix: String| {
+            move |e: FieldError| {
+                let e = e.within(&prefix);
+                invalid(e.field, e.message)
+            }
+        };
+        if self.models.is_empty() && self.redis.is_none() {
+            return Err(invalid(
+                "models",
+                "at least one model is required without a redis store",
+            ));
         }
         let mut names = HashSet::new();
         for (i, m) in self.models.iter().enumerate() {
-            let key = |f: &str| format!("models[{i}].{f}");
-            if m.name.trim().is_empty() {
-                return Err(invalid(key("name"), "must not be empty"));
-            }
+            m.validate().map_err(field(format!("models[{i}]")))?;
             if !names.insert(m.name.as_str()) {
                 return Err(invalid(
-                    key("name"),
+                    format!("models[{i}].name"),
                     format!("duplicate model name `{}`", m.name),
                 ));
-            }
-            if m.provider != "openai" {
-                return Err(invalid(
-                    key("provider"),
-                    format!("unknown provider `{}`; supported: openai", m.provider),
-                ));
-            }
-            if !(m.base_url.starts_with("http://") || m.base_url.starts_with("https://")) {
-                return Err(invalid(
-                    key("base_url"),
-                    "must start with http:// or https://",
-                ));
-            }
-            let p = &m.pricing;
-            for (field, v) in [
-                ("input_per_mtok", Some(p.input_per_mtok)),
-                ("output_per_mtok", Some(p.output_per_mtok)),
-                ("cached_input_per_mtok", p.cached_input_per_mtok),
-            ] {
-                if let Some(v) = v {
-                    if !v.is_finite() || v < 0.0 {
-                        return Err(invalid(
-                            key(&format!("pricing.{field}")),
-                            "must be a non-negative number (USD per 1M tokens)",
-                        ));
-                    }
-                }
-            }
-            if m.timeout_secs == 0 {
-                return Err(invalid(key("timeout_secs"), "must be at least 1"));
             }
         }
         let mut ids = HashSet::new();
         for (i, k) in self.api_keys.iter().enumerate() {
-            let key = |f: &str| format!("api_keys[{i}].{f}");
-            if k.id.trim().is_empty() {
-                return Err(invalid(key("id"), "must not be empty"));
-            }
+            k.validate().map_err(field(format!("api_keys[{i}]")))?;
             if !ids.insert(k.id.as_str()) {
-                return Err(invalid(key("id"), format!("duplicate key id `{}`", k.id)));
-            }
-            match (&k.secret_sha256, &k.secret) {
-                (None, None) => {
-                    return Err(invalid(
-                        key("secret_sha256"),
-                        "set secret_sha256 (hex SHA-256 of the key) or secret",
-                    ))
-                }
-                (Some(_), Some(_)) => {
-                    return Err(invalid(
-                        key("secret"),
-                        "set only one of secret_sha256 and secret",
-                    ))
-                }
-                (Some(h), None) if h.len() != 64 || hex::decode(h).is_err() => {
-                    return Err(invalid(
-                        key("secret_sha256"),
-                        "must be 64 hex characters (sha256sum of the key)",
-                    ));
-                }
-                (None, Some(s)) if s.expose().len() < 8 => {
-                    return Err(invalid(key("secret"), "must be at least 8 characters"));
-                }
-                _ => {}
-            }
-            if k.account_id.trim().is_empty() {
-                return Err(invalid(key("account_id"), "must not be empty"));
+                return Err(invalid(
+                    format!("api_keys[{i}].id"),
+                    format!("duplicate key id `{}`", k.id),
+                ));
             }
             for (j, name) in k.allowed_models.iter().enumerate() {
-                if !names.contains(name.as_str()) {
+                if self.redis.is_none() && !names.contains(name.as_str()) {
                     return Err(invalid(
-                        key(&format!("allowed_models[{j}]")),
+                        format!("api_keys[{i}].allowed_models[{j}]"),
                         format!("unknown model `{name}`"),
                     ));
                 }
+            }
+        }
+        let mut accounts = HashSet::new();
+        for (i, a) in self.accounts.iter().enumerate() {
+            a.validate().map_err(field(format!("accounts[{i}]")))?;
+            if !accounts.insert(a.id.as_str()) {
+                return Err(invalid(
+                    format!("accounts[{i}].id"),
+                    format!("duplicate account id `{}`", a.id),
+                ));
+            }
+        }
+        if let Some(admin) = &self.admin {
+            match (&admin.key_sha256, &admin.key_env) {
+                (None, None) => {
+                    return Err(invalid(
+                        "admin.key_sha256",
+                        "set key_sha256 or key_env so the admin API is protected",
+                    ))
+                }
+                (Some(h), _) if h.len() != 64 || hex::decode(h).is_err() => {
+                    return Err(invalid(
+                        "admin.key_sha256",
+                        "must be 64 hex characters (sha256sum of the admin key)",
+                    ))
+                }
+                _ => {}
+            }
+        }
+        if let Some(r) = &self.redis {
+            if !(r.url.starts_with("redis://") || r.url.starts_with("rediss://")) {
+                return Err(invalid(
+                    "redis.url",
+                    "must start with redis:// or rediss://",
+                ));
+            }
+            if r.prefix.is_empty() || r.prefix.contains(['{', '}', ' ']) {
+                return Err(invalid(
+                    "redis.prefix",
+                    "must be non-empty without braces or spaces",
+                ));
+            }
+            if r.resync_ms < 100 {
+                return Err(invalid("redis.resync_ms", "must be at least 100"));
             }
         }
         if self.kafka.brokers.trim().is_empty() {
@@ -341,9 +378,31 @@ impl ProxyConfig {
         if self.kafka.queue_capacity == 0 {
             return Err(invalid("kafka.queue_capacity", "must be at least 1"));
         }
+        let spool = &self.kafka.spool;
+        if spool.enabled && spool.dir.as_os_str().is_empty() {
+            return Err(invalid(
+                "kafka.spool.dir",
+                "must name a directory (one per proxy process) when the spool is enabled",
+            ));
+        }
+        if spool.enabled && spool.max_bytes < 1024 * 1024 {
+            return Err(invalid(
+                "kafka.spool.max_bytes",
+                "must be at least 1048576 (1 MiB)",
+            ));
+        }
+        if spool.fsync_interval_ms > 60_000 {
+            return Err(invalid(
+                "kafka.spool.fsync_interval_ms",
+                "must be at most 60000 (0 = fsync after every event)",
+            ));
+        }
         if self.max_body_bytes < 1024 {
             return Err(invalid("max_body_bytes", "must be at least 1024"));
         }
+        self.limits
+            .validate(self.redis.as_ref().map(|r| r.url.as_str()))
+            .map_err(field("limits".to_string()))?;
         Ok(())
     }
 }
@@ -412,6 +471,31 @@ kafka:
             .unwrap_err()
             .to_string()
             .contains("TOLLGATE_PROXY_LISTEN"));
+    }
+
+    #[test]
+    fn limits_section_validates_and_takes_env_overrides() {
+        let mut cfg = ProxyConfig::from_yaml(
+            &format!("{BASE}limits: {{backend: redis, lease_secs: 5}}\n"),
+            "t",
+        )
+        .unwrap();
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(err.contains("limits.backend"), "{err}");
+        cfg.apply_env(|k| match k {
+            "TOLLGATE_LIMITS_REDIS_URL" => Some("redis://127.0.0.1:1".into()),
+            "TOLLGATE_LIMITS_FAILURE_MODE" => Some("closed".into()),
+            _ => None,
+        })
+        .unwrap();
+        cfg.validate().unwrap();
+        assert_eq!(cfg.limits.failure_mode, crate::limits::FailureMode::Closed);
+        assert!(!format!("{cfg:?}").contains("127.0.0.1:1"));
+        let err = cfg.apply_env(|k| (k == "TOLLGATE_LIMITS_BACKEND").then(|| "x".to_string()));
+        assert!(err
+            .unwrap_err()
+            .to_string()
+            .contains("TOLLGATE_LIMITS_BACKEND"));
     }
 
     #[test]

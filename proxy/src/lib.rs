@@ -1,13 +1,20 @@
 //! Tollgate proxy: the OpenAI-compatible data plane.
 //!
 //! Data path: [`http`] (authenticate, parse) → [`routing`] (key and model snapshot) →
-//! [`providers`] (forward) → [`http::stream`] (relay and meter) → [`usage`] (publish).
+//! [`limits`] (rate limits) → [`providers`] (forward) → [`http::stream`] (relay and meter) →
+//! [`usage`] (publish).
 
+pub mod admin;
+pub mod budget;
 pub mod config;
+pub mod entities;
 pub mod http;
+pub mod limits;
 pub mod providers;
 pub mod routing;
 pub mod server;
+pub mod store;
+pub mod telemetry;
 pub mod usage;
 
 pub use config::ProxyConfig;

@@ -35,7 +35,11 @@ async fn main() -> anyhow::Result<()> {
             .with_env_filter(filter)
             .init();
     } else {
-        tracing_subscriber::fmt().with_env_filter(filter).init();
+        // Colours only on a terminal: a log file should not hold escape codes.
+        tracing_subscriber::fmt()
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
+            .with_env_filter(filter)
+            .init();
     }
     let cfg = tollgate_proxy::ProxyConfig::load(&cli.config)?;
     if cli.check {
@@ -46,6 +50,9 @@ async fn main() -> anyhow::Result<()> {
         );
         return Ok(());
     }
+    // Install the metrics recorder before anything records (the spool gauges are set when
+    // the publisher opens the spool).
+    let _ = tollgate_proxy::telemetry::prometheus();
     let proxy = tollgate_proxy::start(cfg).await?;
     shutdown_signal().await;
     tracing::info!("shutting down");

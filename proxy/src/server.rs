@@ -1,26 +1,32 @@
 //! Wiring: bind, serve, and shut down in phases (stop accepting, finish streams, flush events).
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::admin::{AdminServer, AdminStartError};
 use crate::config::ProxyConfig;
 use crate::http::{router, AppState};
-use crate::providers::openai;
-use crate::routing::Catalog;
+use crate::limits::{LimitStartError, Limiter};
+use crate::routing::{Catalog, Health};
+use crate::store::{ControlPlane, StoreError};
 use crate::usage::{Publisher, PublisherStats};
 
 /// A running proxy.
 #[derive(Debug)]
 pub struct ProxyHandle {
     addr: SocketAddr,
+    control: ControlPlane,
+    admin: Option<AdminServer>,
     stop: watch::Sender<bool>,
     server: tokio::task::JoinHandle<std::io::Result<()>>,
     publisher: Publisher,
+    limits: Limiter,
     grace: Duration,
 }
 
@@ -38,9 +44,15 @@ pub enum StartError {
     /// The Kafka producer could not be created.
     #[error("cannot create the Kafka producer: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
-    /// The HTTP client could not be created.
-    #[error("cannot create the upstream HTTP client: {0}")]
-    Http(#[from] reqwest::Error),
+    /// The config store could not be set up.
+    #[error("config store: {0}")]
+    Store(#[from] StoreError),
+    /// The admin API could not start.
+    #[error("admin API: {0}")]
+    Admin(#[from] AdminStartError),
+    /// The rate limiter could not be set up.
+    #[error("rate limits: {0}")]
+    Limits(#[from] LimitStartError),
 }
 
 /// Start serving `cfg` (already validated).
@@ -61,12 +73,22 @@ pub async fn start(cfg: ProxyConfig) -> Result<ProxyHandle, StartError> {
         cfg.proxy_id.clone()
     };
     let (publisher, sink) = Publisher::start(&cfg.kafka)?;
+    let control = ControlPlane::start(&cfg).await?;
+    let admin = match &cfg.admin {
+        Some(a) => Some(AdminServer::start(a, &control).await?),
+        None => None,
+    };
+    crate::providers::tokens::warm_up();
+    let limits = Limiter::start(&cfg.limits, cfg.redis.as_ref().map(|r| r.url.as_str()))?;
     let state = AppState {
-        catalog: Arc::new(Catalog::from_config(&cfg, |k| std::env::var(k).ok())),
-        client: openai::client(Duration::from_secs(10))?,
+        catalog: control.catalog(),
+        health: Arc::new(Health::default()),
+        clients: Arc::new(Mutex::new(HashMap::new())),
         usage: sink,
         proxy_id: proxy_id.clone().into(),
         max_body_bytes: cfg.max_body_bytes,
+        metrics: crate::telemetry::prometheus(),
+        limits: limits.clone(),
     };
     let (stop, mut stopped) = watch::channel(false);
     let app = router(state);
@@ -85,9 +107,12 @@ pub async fn start(cfg: ProxyConfig) -> Result<ProxyHandle, StartError> {
     tracing::info!(%addr, proxy_id, "proxy listening");
     Ok(ProxyHandle {
         addr,
+        control,
+        admin,
         stop,
         server,
         publisher,
+        limits,
         grace: Duration::from_secs(cfg.shutdown_grace_secs),
     })
 }
@@ -103,9 +128,24 @@ impl ProxyHandle {
         format!("http://{}", self.addr)
     }
 
+    /// The admin API's address, when configured.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().map(AdminServer::addr)
+    }
+
+    /// The current catalog snapshot.
+    pub fn catalog(&self) -> Arc<Catalog> {
+        self.control.current()
+    }
+
     /// Publishing counters.
     pub fn publisher_stats(&self) -> Arc<PublisherStats> {
         self.publisher.stats()
+    }
+
+    /// The rate limiter.
+    pub fn limits(&self) -> &Limiter {
+        &self.limits
     }
 
     /// Stop accepting, let in-flight requests and streams finish within the grace period,
@@ -125,6 +165,11 @@ impl ProxyHandle {
                 server.abort();
             }
         }
+        self.limits.shutdown();
+        if let Some(admin) = self.admin {
+            admin.shutdown().await;
+        }
+        self.control.shutdown().await;
         self.publisher.shutdown(Duration::from_secs(10)).await;
     }
 }

@@ -1,11 +1,15 @@
 //! Contracts between Tollgate components.
 //!
+//! - [`budgets`]: budget and credit entities, UTC windows, decisions and Redis scripts.
 //! - [`event`]: the Avro usage event (`tollgate.UsageEvent`) and its single-object encoding.
 //! - [`migrate`]: numbered ClickHouse migrations and the runner that applies them.
+//! - [`redis_keys`]: the Redis key layout of the config store.
 //! - [`topics`]: Kafka topic names shared by producers and consumers.
 
+pub mod budgets;
 pub mod event;
 pub mod migrate;
+pub mod redis_keys;
 pub mod telemetry;
 pub mod topics;
 

@@ -21,11 +21,38 @@ pub struct Migration {
 }
 
 /// All migrations, in order.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "usage_events",
-    sql: include_str!("../migrations/clickhouse/0001_usage_events.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "usage_events",
+        sql: include_str!("../migrations/clickhouse/0001_usage_events.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "dead_letters",
+        sql: include_str!("../migrations/clickhouse/0002_dead_letters.sql"),
+    },
+    Migration {
+        version: 3,
+        name: "usage_rollups",
+        sql: include_str!("../migrations/clickhouse/0003_usage_rollups.sql"),
+    },
+    Migration {
+        version: 4,
+        name: "usage_sequence_health",
+        sql: include_str!("../migrations/clickhouse/0004_usage_sequence_health.sql"),
+    },
+    Migration {
+        version: 5,
+        name: "budget_alerts",
+        sql: include_str!("../migrations/clickhouse/0005_budget_alerts.sql"),
+    },
+    Migration {
+        version: 6,
+        name: "credit_ledger",
+        sql: include_str!("../migrations/clickhouse/0006_credit_ledger.sql"),
+    },
+];
 
 /// Failure while migrating.
 #[derive(Debug, thiserror::Error)]

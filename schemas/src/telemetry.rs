@@ -61,8 +61,20 @@ catalogue! {
     AGG_INSERT_DURATION = "tollgate_aggregator_insert_duration_seconds", Histogram, [], "ClickHouse insert latency.";
     AGG_CLICKHOUSE_ERRORS = "tollgate_aggregator_clickhouse_errors_total", Counter, ["kind"], "ClickHouse errors, kind = transient | bad_data.";
     AGG_LAG = "tollgate_aggregator_consumer_lag_events", Gauge, ["partition"], "Messages behind the partition's high watermark.";
+    AGG_RESENDS_SKIPPED = "tollgate_aggregator_resends_skipped_total", Counter, [], "Events not stored again because their event_id was already stored (proxy spool re-sends).";
     AGG_GAPS = "tollgate_aggregator_sequence_gaps_total", Counter, [], "Missing proxy_seq numbers seen (events lost between proxy and Kafka).";
     AGG_DUPLICATES = "tollgate_aggregator_sequence_duplicates_total", Counter, [], "Repeated proxy_seq numbers seen (events produced twice).";
+    AGG_SEQUENCE_LATE = "tollgate_aggregator_sequence_late_total", Counter, [], "proxy_seq numbers that arrived after the gap window had passed them (read late while catching up a backlog, or old duplicates).";
+    RATELIMIT_DECISION_DURATION = "tollgate_ratelimit_decision_duration_seconds", Histogram, ["backend"], "Time of a request's rate-limit pre-check, backend = local | redis | fallback.";
+    RATELIMIT_BACKEND_ERRORS = "tollgate_ratelimit_backend_errors_total", Counter, ["op"], "Failed calls to the shared rate-limit store, op = acquire | settle | renew.";
+    BUDGET_CHECK_DURATION = "tollgate_budget_check_duration_seconds", Histogram, [], "Time of a request's budget check in the proxy (cached decisions, reservations).";
+    BUDGET_RESERVATIONS = "tollgate_budget_reservations_total", Counter, ["result"], "Worst-case reservations of requests near a hard budget, result = granted | denied | error.";
+    BUDGET_DECISIONS = "tollgate_budget_decisions_total", Counter, ["kind"], "Budget and credit decisions written by the aggregator, kind = block | reserve | clear.";
+    BUDGET_ALERTS = "tollgate_budget_alerts_total", Counter, ["mode"], "Budget alert thresholds crossed (one per budget, window and threshold), mode = hard | warn.";
+    BUDGET_REBUILDS = "tollgate_budget_rebuilds_total", Counter, ["result"], "Counter rebuilds from ClickHouse, result = done | stale | error.";
+    BUDGET_REDIS_ERRORS = "tollgate_budget_redis_errors_total", Counter, ["op"], "Failed Redis calls of budgets and credits, op = read | reserve | settle | apply | decide | rebuild | load | topup.";
+    CREDITS_TOPUPS = "tollgate_credits_topups_total", Counter, ["source", "result"], "Credit top-ups, source = webhook | admin, result = applied | duplicate | rejected.";
+    CREDITS_WEBHOOK_REJECTED = "tollgate_credits_webhook_rejected_total", Counter, ["reason"], "Payment webhooks refused, reason = unsigned | bad_signature | stale | invalid | unknown_account | disabled.";
 }
 
 #[cfg(test)]

@@ -66,3 +66,69 @@ def test_migrations_run_twice_and_summary_query_works(tmp_path):
         assert out.startswith('"m",2,1,1,15,20,55000,'), out
     finally:
         sess.close()
+
+
+def rows(sess, sql):
+    return [line.split("\t") for line in sess.query(sql, "TSV").bytes().decode().strip().splitlines()]
+
+
+def test_rollups_sequence_health_and_dead_letters(tmp_path):
+    """Migrations 0002+ on modern ClickHouse: the rollup materialized views fill on insert and
+    their totals equal usage_events totals; the sequence-health view finds gaps and duplicates;
+    the dead-letter table takes the aggregator's columns."""
+    sess = chs.Session(str(tmp_path / "chdb"))
+    try:
+        sess.query("CREATE DATABASE IF NOT EXISTS tg")
+        sess.query("USE tg")
+        for path in MIGRATIONS:
+            for stmt in statements(path.read_text()):
+                sess.query(stmt)
+        values = []
+        # proxy p: seqs 1..10 without 4, seq 7 twice; two minutes, two keys, one error.
+        seqs = [1, 2, 3, 5, 6, 7, 7, 8, 9, 10]
+        for off, seq in enumerate(seqs):
+            ts = 1700000000 + off * 20
+            key = "k1" if off % 2 else "k2"
+            status = 500 if off == 3 else 200
+            ttft = "NULL" if off % 3 else str(100 + off)
+            values.append(
+                f"('e{off}', {ts}, {ts * 1000}, 'p', {seq}, 'a', '{key}', 'm', {int(ttft != 'NULL')},"
+                f" {status}, {1000 + off}, {ttft}, {off}, {2 * off}, 1, {10 * off}, 't', 0, {off})"
+            )
+        sess.query(
+            "INSERT INTO usage_events (event_id, ts, ts_ms, proxy_id, proxy_seq, account_id, api_key_id, model,"
+            " stream, status_code, latency_us, ttft_us, prompt_tokens, completion_tokens, cached_tokens,"
+            " cost_nanos, kafka_topic, kafka_partition, kafka_offset) VALUES " + ", ".join(values)
+        )
+        sess.query(
+            "INSERT INTO usage_dead_letters (kafka_topic, kafka_partition, kafka_offset, kafka_ts_ms, reason,"
+            " error, payload_hex, payload_bytes, event_id, proxy_id, proxy_seq) VALUES"
+            " ('t', 0, 10, 0, 'not_avro', 'missing C3 01 header', '6869', 2, '', '', 0)"
+        )
+        base = (
+            "SELECT count(), countIf(status_code >= 400), sum(prompt_tokens), sum(completion_tokens),"
+            " sum(cached_tokens), sum(cost_nanos) FROM usage_events"
+        )
+        expected = rows(sess, base)
+        assert expected == [["10", "1", "45", "90", "10", "450"]], expected
+        for view in ("usage_by_minute", "usage_by_day"):
+            got = rows(
+                sess,
+                "SELECT sum(requests), sum(errors), sum(prompt_tokens), sum(completion_tokens),"
+                f" sum(cached_tokens), sum(cost_nanos) FROM {view}",
+            )
+            assert got == expected, (view, got)
+        groups = rows(sess, "SELECT count() FROM usage_by_minute")
+        assert int(groups[0][0]) > 2, groups
+        quant = rows(sess, "SELECT latency_quantiles_us[1], ttft_quantiles_us[1] FROM usage_by_day WHERE api_key_id = 'k2'")
+        assert 1000 <= float(quant[0][0]) <= 1009, quant
+        health = rows(sess, "SELECT proxy_id, events, distinct_seqs, min_seq, max_seq, gaps, duplicates FROM usage_sequence_health")
+        assert health == [["p", "10", "9", "1", "10", "1", "1"]], health
+        stored = rows(
+            sess,
+            "SELECT max(o) FROM (SELECT kafka_offset AS o FROM usage_events UNION ALL"
+            " SELECT kafka_offset AS o FROM usage_dead_letters)",
+        )
+        assert stored == [["10"]], stored
+    finally:
+        sess.close()

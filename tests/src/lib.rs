@@ -133,7 +133,10 @@ impl TestStack {
 
     /// Aggregator config for this test's topic and database in consumer group `group`.
     pub fn aggregator_config(&self, group: &str) -> AggregatorConfig {
-        let mut cfg = AggregatorConfig::default();
+        let mut cfg = AggregatorConfig {
+            listen: "127.0.0.1:0".into(),
+            ..Default::default()
+        };
         cfg.kafka.brokers = brokers();
         cfg.kafka.topic = self.topic.clone();
         cfg.kafka.group_id = group.to_string();
@@ -234,8 +237,12 @@ api_keys:
 {extra}kafka:
   brokers: "{brokers}"
   topic: {topic}
+  # Tansu 0.6 (the local broker) can crash on idempotent-producer paths; see docs/operations.md.
+  idempotence: false
+  spool: {{ dir: "{spool}" }}
 "#,
         brokers = brokers(),
+        spool = spool_dir().display(),
         extra = EXTRA_KEYS
             .iter()
             .enumerate()
@@ -247,4 +254,11 @@ api_keys:
     let cfg = ProxyConfig::from_yaml(&yaml, "test")?;
     cfg.validate()?;
     Ok(cfg)
+}
+
+/// A fresh spool directory for one test proxy (each proxy process needs its own: it is locked).
+pub fn spool_dir() -> std::path::PathBuf {
+    std::env::temp_dir()
+        .join("tollgate-e2e-spool")
+        .join(unique("spool"))
 }

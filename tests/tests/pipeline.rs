@@ -135,7 +135,7 @@ async fn api_errors_are_openai_shaped_and_request_ids_returned() {
         ),
         (
             Some(TEST_KEY),
-            br#"{"model":"nope","messages":[]}"#.to_vec(),
+            br#"{"model":"nope","messages":[{"role":"user","content":"x"}]}"#.to_vec(),
             404,
             "model_not_found",
         ),

@@ -1,11 +1,20 @@
-//! A simple load generator for OpenAI-compatible chat completions.
+//! A load generator for OpenAI-compatible chat completions.
 //!
-//! [`run`] sends [`LoadConfig::requests`] requests with at most
-//! [`LoadConfig::concurrency`] in flight, a deterministic share of them
-//! streaming (see [`is_stream_request`]), and returns a [`LoadReport`].
+//! * [`run`] sends [`LoadConfig::requests`] requests with at most
+//!   [`LoadConfig::concurrency`] in flight, a deterministic share of them
+//!   streaming (see [`is_stream_request`]), and returns a [`LoadReport`].
+//! * [`run_scenario`] runs a [`Scenario`](crate::scenario::Scenario) file:
+//!   open loop (constant arrival rate, latency measured from each request's
+//!   intended send time) or closed loop (fixed concurrency), with warm-up,
+//!   model/key mixes and HDR histograms, into a [`RunSummary`].
 
+pub mod engine;
+pub mod output;
+pub mod progress;
+pub mod recorder;
 mod report;
 mod request;
+pub mod schedule;
 pub mod sse;
 
 use std::sync::Arc;
@@ -14,6 +23,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use futures::StreamExt;
 
+pub use engine::{run_scenario, Runner, Slice, Target, Workload};
+pub use progress::progress_bar;
+pub use recorder::{Added, Percentiles, Recorder, RunSummary};
 pub use report::{LatencySummary, LoadReport};
 pub use request::request_body;
 

@@ -90,7 +90,41 @@ pub(crate) async fn send(
     bodies: &Bodies,
     stream: bool,
 ) -> Outcome {
-    let start = Instant::now();
+    let body = if stream {
+        bodies.stream.clone()
+    } else {
+        bodies.plain.clone()
+    };
+    let req = Prepared {
+        key: cfg.api_key.as_deref(),
+        body,
+        stream,
+    };
+    send_at(client, url, req, Instant::now()).await
+}
+
+/// A request ready to go.
+#[derive(Debug)]
+pub(crate) struct Prepared<'a> {
+    /// Bearer key, if any.
+    pub(crate) key: Option<&'a str>,
+    /// Serialised JSON body.
+    pub(crate) body: Bytes,
+    /// Whether the body asks for a stream.
+    pub(crate) stream: bool,
+}
+
+/// Sends one request and measures latency and TTFT from `start`, which may
+/// lie in the past (the intended send time of an open-loop schedule), so
+/// that queueing in the generator counts. Never fails: every problem
+/// becomes an error outcome.
+pub(crate) async fn send_at(
+    client: &reqwest::Client,
+    url: &reqwest::Url,
+    prepared: Prepared<'_>,
+    start: Instant,
+) -> Outcome {
+    let stream = prepared.stream;
     let mut outcome = Outcome {
         stream,
         ..Outcome::default()
@@ -98,15 +132,11 @@ pub(crate) async fn send(
     let mut req = client
         .post(url.clone())
         .header(CONTENT_TYPE, "application/json")
-        .body(if stream {
-            bodies.stream.clone()
-        } else {
-            bodies.plain.clone()
-        });
+        .body(prepared.body);
     if stream {
         req = req.header(ACCEPT, "text/event-stream");
     }
-    if let Some(key) = &cfg.api_key {
+    if let Some(key) = prepared.key {
         req = req.bearer_auth(key);
     }
     let mut resp = match req.send().await {

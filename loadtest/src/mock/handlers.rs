@@ -12,6 +12,7 @@ use axum::{Json, Router};
 use bytes::Bytes;
 use tokio::sync::watch;
 
+use super::anthropic;
 use super::config::MockConfig;
 use super::openai::{
     completion_body, completion_id, error_body, models_body, unix_now, ChatRequest, ChunkHeader,
@@ -45,6 +46,17 @@ pub(crate) struct AppState {
 pub(crate) fn router(state: AppState) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(chat_completions))
+        .route("/v1/messages", post(anthropic::messages))
+        .route("/v1/completions", post(super::extra::completions))
+        .route("/v1/embeddings", post(super::extra::embeddings))
+        .route(
+            "/openai/deployments/{deployment}/chat/completions",
+            post(super::extra::azure_chat),
+        )
+        .route(
+            "/openai/deployments/{deployment}/{operation}",
+            post(super::extra::azure),
+        )
         .route("/v1/models", get(models))
         .route("/__mock/stats", get(stats))
         .route("/__mock/reset", post(reset))
@@ -84,10 +96,10 @@ fn shutting_down() -> Response {
 
 /// Per-request overrides read from `x-mock-*` headers.
 #[derive(Debug, Clone, Copy)]
-struct Overrides {
-    latency_ms: u64,
-    chunk_delay_ms: u64,
-    status: Option<StatusCode>,
+pub(crate) struct Overrides {
+    pub(crate) latency_ms: u64,
+    pub(crate) chunk_delay_ms: u64,
+    pub(crate) status: Option<StatusCode>,
 }
 
 fn header_u64(headers: &HeaderMap, name: &str) -> Result<Option<u64>, String> {
@@ -102,7 +114,7 @@ fn header_u64(headers: &HeaderMap, name: &str) -> Result<Option<u64>, String> {
     }
 }
 
-fn overrides(headers: &HeaderMap, cfg: &MockConfig) -> Result<Overrides, String> {
+pub(crate) fn overrides(headers: &HeaderMap, cfg: &MockConfig) -> Result<Overrides, String> {
     let latency_ms = header_u64(headers, HEADER_LATENCY_MS)?.unwrap_or(cfg.latency_ms);
     let chunk_delay_ms = header_u64(headers, HEADER_CHUNK_DELAY_MS)?.unwrap_or(cfg.chunk_delay_ms);
     let status = match header_u64(headers, HEADER_STATUS)? {
@@ -127,7 +139,7 @@ fn overrides(headers: &HeaderMap, cfg: &MockConfig) -> Result<Overrides, String>
 /// deployment fail on purpose without the client sending mock headers.
 pub const MODEL_STATUS_PREFIX: &str = "mock-status-";
 
-fn model_status(model: &str) -> Option<StatusCode> {
+pub(crate) fn model_status(model: &str) -> Option<StatusCode> {
     let code: u16 = model.strip_prefix(MODEL_STATUS_PREFIX)?.parse().ok()?;
     (400..=599)
         .contains(&code)
@@ -136,7 +148,7 @@ fn model_status(model: &str) -> Option<StatusCode> {
 }
 
 /// `POST /v1/chat/completions`.
-async fn chat_completions(
+pub(crate) async fn chat_completions(
     State(state): State<AppState>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,

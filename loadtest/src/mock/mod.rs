@@ -1,4 +1,4 @@
-//! Mock LLM upstream speaking the OpenAI chat-completions wire format.
+//! Mock LLM upstream speaking the OpenAI chat-completions and Anthropic Messages wire formats.
 //!
 //! Endpoints:
 //!
@@ -7,6 +7,8 @@
 //!   overrides: [`HEADER_LATENCY_MS`], [`HEADER_CHUNK_DELAY_MS`],
 //!   [`HEADER_STATUS`]. The `Authorization` header is ignored. A body that is
 //!   not a valid request gets a 400 with an OpenAI-shaped error.
+//! * `POST /v1/messages`: Anthropic's Messages API, plain JSON or SSE stream, with the same
+//!   token rules, overrides and counters (see [`anthropic`]).
 //! * `GET /v1/models`: a small fixed model list ([`openai::MODELS`]).
 //! * `GET /__mock/stats`: [`MockStats`] as JSON; `POST /__mock/reset` zeroes
 //!   it (and answers with the zeroed stats).
@@ -14,7 +16,9 @@
 //!
 //! Unknown paths answer 404 and wrong methods 405, both OpenAI-shaped.
 
+pub mod anthropic;
 pub mod config;
+mod extra;
 mod handlers;
 pub mod openai;
 mod stats;

@@ -1,43 +1,88 @@
 //! The HTTP front: router, shared state, request ids, health.
 
-pub mod chat;
+pub mod auth;
+pub mod body;
 pub mod error;
+pub mod forward;
+pub mod pipeline;
+pub mod sse;
 pub mod stream;
+pub mod translate;
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderMap, HeaderValue};
 use axum::routing::{get, post};
 use axum::Router;
+use tokio::sync::watch;
 
-use crate::routing::Catalog;
+use crate::routing::{Catalog, Health};
 use crate::usage::UsageSink;
 
 /// State shared by all handlers.
 #[derive(Clone, Debug)]
 pub struct AppState {
-    /// Models and keys.
-    pub catalog: Arc<Catalog>,
-    /// Upstream HTTP client (pooled).
-    pub client: reqwest::Client,
+    /// Current models and keys (swapped on config change).
+    pub catalog: watch::Receiver<Arc<Catalog>>,
+    /// Deployment health.
+    pub health: Arc<Health>,
+    /// Upstream HTTP clients by connect timeout (pooled).
+    pub clients: Arc<Mutex<HashMap<u64, reqwest::Client>>>,
     /// Usage event sink.
     pub usage: UsageSink,
     /// This process's id in usage events.
     pub proxy_id: Arc<str>,
     /// Largest accepted body.
     pub max_body_bytes: usize,
+    /// Renders `/metrics` (absent when another recorder is installed).
+    pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    /// Rate limits of keys and models.
+    pub limits: crate::limits::Limiter,
+}
+
+impl AppState {
+    /// The pooled client for a connect timeout.
+    pub fn client(&self, connect_ms: u64) -> reqwest::Result<reqwest::Client> {
+        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = clients.get(&connect_ms) {
+            return Ok(c.clone());
+        }
+        let c = crate::providers::openai::client(Duration::from_millis(connect_ms))?;
+        clients.insert(connect_ms, c.clone());
+        Ok(c)
+    }
 }
 
 /// Build the public API router.
 pub fn router(state: AppState) -> Router {
     Router::new()
-        .route("/v1/chat/completions", post(chat::chat_completions))
+        .route("/v1/chat/completions", post(pipeline::chat_completions))
+        .route("/v1/completions", post(pipeline::completions))
+        .route("/v1/embeddings", post(pipeline::embeddings))
+        .route("/v1/messages", post(pipeline::messages))
+        .route("/v1/models", get(pipeline::list_models))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(|| async { "ready" }))
+        .route("/metrics", get(metrics_page))
+        .fallback(not_found)
         // The handlers enforce `max_body_bytes` themselves to answer with an OpenAI-shaped 413.
         .layer(DefaultBodyLimit::disable())
         .with_state(state)
+}
+
+async fn metrics_page(axum::extract::State(st): axum::extract::State<AppState>) -> String {
+    st.metrics.as_ref().map(|h| h.render()).unwrap_or_default()
+}
+
+async fn not_found() -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let body = serde_json::json!({"error": {
+        "message": "Unknown path. Tollgate serves /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/messages and /v1/models.",
+        "type": "invalid_request_error", "param": null, "code": "unknown_url"}});
+    (axum::http::StatusCode::NOT_FOUND, axum::Json(body)).into_response()
 }
 
 /// The request id: the client's `x-request-id` when it is sane, else a new UUIDv7.

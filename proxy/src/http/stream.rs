@@ -1,9 +1,10 @@
 //! Relays an upstream SSE stream to the client while metering it.
 //!
-//! The relay forwards whole SSE events byte for byte (no re-serialisation), records the time
-//! to the first content token, picks up the usage chunk, hides that chunk from clients that
-//! did not ask for it, and finishes the request's [`Meter`] when the stream ends, fails, or is
-//! dropped because the client went away.
+//! Stages: upstream bytes → optional `pre` translation (into the metered format) → split into
+//! events → inspect (TTFT, usage, text) → drop the usage chunk the proxy asked for on its own,
+//! rewrite the model name → optional `post` translation (into the client's format) → client.
+//! The request's [`Meter`] is finished when the stream ends, fails, or is dropped because the
+//! client went away; without reported usage the tokens are estimated with the tokenizer.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -11,79 +12,62 @@ use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use futures::Stream;
-use serde::de::IgnoredAny;
-use serde::Deserialize;
 
-use crate::providers::openai::UsageJson;
+use super::sse::{inspect_anthropic, inspect_openai, rewrite_model, AnthropicUsage, EventSplitter};
+use crate::providers::tokens;
 use crate::usage::{Meter, Outcome, Tokens};
 
-#[derive(Deserialize)]
-struct ChunkProbe {
-    #[serde(default)]
-    choices: Vec<ChoiceProbe>,
-    #[serde(default)]
-    usage: Option<UsageJson>,
+/// Most output text kept for token estimation.
+const MAX_TEXT: usize = 1 << 20;
+
+/// A stateful byte-stream translation between SSE formats.
+pub trait SseTransform: Send {
+    /// Translate more input; returns output bytes (possibly empty).
+    fn push(&mut self, input: &[u8]) -> Vec<u8>;
+    /// Input ended; returns the remaining output.
+    fn finish(&mut self) -> Vec<u8>;
 }
 
-#[derive(Deserialize)]
-struct ChoiceProbe {
-    #[serde(default)]
-    delta: Option<DeltaProbe>,
+/// Which format the metered events are in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MeterFormat {
+    /// OpenAI `chat.completion.chunk` / completion chunks.
+    Openai,
+    /// Anthropic message events.
+    Anthropic,
 }
 
-#[derive(Deserialize)]
-struct DeltaProbe {
-    #[serde(default)]
-    content: Option<String>,
-    #[serde(default)]
-    tool_calls: Option<IgnoredAny>,
-}
-
-/// What the relay learned from one SSE event.
-#[derive(Debug, Default, PartialEq)]
-struct EventInfo {
-    done: bool,
-    has_token: bool,
-    usage: Option<Tokens>,
-    usage_only: bool,
-}
-
-fn inspect(event: &[u8]) -> EventInfo {
-    let mut info = EventInfo::default();
-    for line in event.split(|b| *b == b'\n') {
-        let Some(data) = line.strip_prefix(b"data:") else {
-            continue;
-        };
-        let data = data.trim_ascii();
-        if data == b"[DONE]" {
-            info.done = true;
-        } else if let Ok(probe) = serde_json::from_slice::<ChunkProbe>(data) {
-            info.has_token |= probe.choices.iter().any(|c| {
-                c.delta.as_ref().is_some_and(|d| {
-                    d.content.as_deref().is_some_and(|s| !s.is_empty()) || d.tool_calls.is_some()
-                })
-            });
-            if let Some(u) = probe.usage {
-                info.usage = Some(u.tokens());
-                info.usage_only = probe.choices.is_empty();
-            }
-        }
-    }
-    info
+/// Options of a relay.
+pub struct RelayOptions {
+    /// Format of the events after `pre`.
+    pub format: MeterFormat,
+    /// Translation applied to upstream bytes first.
+    pub pre: Option<Box<dyn SseTransform>>,
+    /// Translation applied to the metered events last.
+    pub post: Option<Box<dyn SseTransform>>,
+    /// Drop OpenAI usage-only chunks (the client did not ask for usage).
+    pub hide_usage: bool,
+    /// Rewrite `"model":"<from>"` to `"model":"<to>"` in forwarded events.
+    pub rename_model: Option<(String, String)>,
+    /// Prompt tokens estimated from the request (used when the upstream reports none).
+    pub prompt_estimate: i64,
+    /// Upstream time until the response headers, µs.
+    pub upstream_headers_us: i64,
+    /// Attempts made before this response.
+    pub attempts: i32,
 }
 
 /// The metering relay.
 pub struct MeteredSse<S> {
     inner: S,
     meter: Option<Meter>,
-    buf: BytesMut,
+    opts: RelayOptions,
+    splitter: EventSplitter,
     started: Instant,
-    upstream_latency_us: i64,
     ttft_us: Option<i64>,
     usage: Option<Tokens>,
-    token_events: i64,
-    prompt_estimate: i64,
-    hide_usage: bool,
+    anthropic_usage: Option<AnthropicUsage>,
+    text: String,
     done: bool,
 }
 
@@ -96,72 +80,120 @@ impl<S> std::fmt::Debug for MeteredSse<S> {
 }
 
 impl<S> MeteredSse<S> {
-    /// Wrap `inner`. `hide_usage` drops the usage-only chunk the proxy asked for on its own.
-    pub fn new(
-        inner: S,
-        meter: Meter,
-        hide_usage: bool,
-        prompt_estimate: i64,
-        upstream_latency_us: i64,
-    ) -> Self {
+    /// Wrap `inner`.
+    pub fn new(inner: S, meter: Meter, opts: RelayOptions) -> Self {
         let started = meter.started();
         Self {
             inner,
             meter: Some(meter),
-            buf: BytesMut::new(),
+            opts,
+            splitter: EventSplitter::default(),
             started,
-            upstream_latency_us,
             ttft_us: None,
             usage: None,
-            token_events: 0,
-            prompt_estimate,
-            hide_usage,
+            anthropic_usage: None,
+            text: String::new(),
             done: false,
         }
     }
 
-    fn outcome(&self, status: u16, error_type: Option<&str>) -> Outcome {
-        let tokens = self.usage.unwrap_or(Tokens {
-            prompt: self.prompt_estimate,
-            completion: self.token_events,
+    fn tokens(&self) -> Tokens {
+        if let Some(u) = self.usage {
+            return u;
+        }
+        if let Some(u) = self.anthropic_usage {
+            return u.tokens();
+        }
+        Tokens {
+            prompt: self.opts.prompt_estimate,
+            completion: tokens::count(&self.text),
             cached: 0,
             estimated: true,
-        });
-        Outcome {
-            status,
-            error_type: error_type.map(str::to_string),
-            tokens,
-            ttft_us: self.ttft_us,
-            upstream_latency_us: self.upstream_latency_us,
-            attempts: 1,
         }
     }
 
-    /// Split complete events off the buffer; returns the bytes to forward.
-    fn take_events(&mut self) -> BytesMut {
+    fn outcome(&self, status: u16, error_type: Option<&str>) -> Outcome {
+        Outcome {
+            status,
+            error_type: error_type.map(str::to_string),
+            tokens: self.tokens(),
+            ttft_us: self.ttft_us,
+            upstream_latency_us: self.started.elapsed().as_micros() as i64,
+            attempts: self.opts.attempts,
+        }
+    }
+
+    /// Meter and filter complete events; returns the bytes to forward.
+    fn process(&mut self, input: &[u8]) -> Vec<u8> {
+        let translated;
+        let input = match self.opts.pre.as_mut() {
+            Some(pre) => {
+                translated = pre.push(input);
+                &translated[..]
+            }
+            None => input,
+        };
         let mut out = BytesMut::new();
-        while let Some(pos) = self.buf.windows(2).position(|w| w == b"\n\n") {
-            let event = self.buf.split_to(pos + 2);
-            let info = inspect(&event);
-            if info.has_token {
-                self.token_events += 1;
-                if self.ttft_us.is_none() {
-                    self.ttft_us = Some(self.started.elapsed().as_micros() as i64);
+        for event in self.splitter.push(input) {
+            let info = match self.opts.format {
+                MeterFormat::Openai => inspect_openai(&event),
+                MeterFormat::Anthropic => {
+                    let (info, usage) = inspect_anthropic(&event);
+                    if let Some(u) = usage {
+                        match self.anthropic_usage.as_mut() {
+                            Some(prev) => prev.merge(&u),
+                            None => self.anthropic_usage = Some(u),
+                        }
+                    }
+                    info
                 }
+            };
+            if info.has_token && self.ttft_us.is_none() {
+                self.ttft_us = Some(self.started.elapsed().as_micros() as i64);
+            }
+            if self.text.len() < MAX_TEXT {
+                self.text.push_str(&info.text);
             }
             self.done |= info.done;
             if let Some(u) = info.usage {
                 self.usage = Some(u);
             }
-            if !(self.hide_usage && info.usage_only) {
-                out.extend_from_slice(&event);
+            if self.opts.hide_usage && info.usage_only {
+                continue;
+            }
+            match self
+                .opts
+                .rename_model
+                .as_ref()
+                .and_then(|(from, to)| rewrite_model(&event, from, to))
+            {
+                Some(renamed) => out.extend_from_slice(&renamed),
+                None => out.extend_from_slice(&event),
             }
         }
         let progress = self.outcome(200, None);
         if let Some(m) = self.meter.as_mut() {
             m.progress(progress);
         }
-        out
+        match self.opts.post.as_mut() {
+            Some(post) => post.push(&out),
+            None => out.to_vec(),
+        }
+    }
+
+    fn finish_bytes(&mut self) -> Vec<u8> {
+        let mut rest = self.splitter.rest().to_vec();
+        if let Some(pre) = self.opts.pre.as_mut() {
+            let tail = pre.finish();
+            let mut more = self.process(&tail);
+            rest.append(&mut more);
+        }
+        if let Some(post) = self.opts.post.as_mut() {
+            let mut tail = post.push(&rest);
+            tail.extend(post.finish());
+            return tail;
+        }
+        rest
     }
 
     fn finish(&mut self, status: u16, error_type: Option<&str>) {
@@ -182,12 +214,14 @@ where
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
         loop {
+            if this.meter.is_none() {
+                return Poll::Ready(None);
+            }
             match Pin::new(&mut this.inner).poll_next(cx) {
                 Poll::Ready(Some(Ok(chunk))) => {
-                    this.buf.extend_from_slice(&chunk);
-                    let out = this.take_events();
+                    let out = this.process(&chunk);
                     if !out.is_empty() {
-                        return Poll::Ready(Some(Ok(out.freeze())));
+                        return Poll::Ready(Some(Ok(Bytes::from(out))));
                     }
                 }
                 Poll::Ready(Some(Err(e))) => {
@@ -196,16 +230,13 @@ where
                     return Poll::Ready(Some(Err(std::io::Error::other("upstream stream broke"))));
                 }
                 Poll::Ready(None) => {
-                    if this.meter.is_none() {
-                        return Poll::Ready(None);
-                    }
-                    let rest = this.buf.split();
+                    let rest = this.finish_bytes();
                     let error = (!this.done).then_some("upstream_incomplete_stream");
                     this.finish(200, error);
                     if rest.is_empty() {
                         return Poll::Ready(None);
                     }
-                    return Poll::Ready(Some(Ok(rest.freeze())));
+                    return Poll::Ready(Some(Ok(Bytes::from(rest))));
                 }
                 Poll::Pending => return Poll::Pending,
             }
@@ -213,22 +244,10 @@ where
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn inspects_token_usage_and_done_events() {
-        let token = b"data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\" hi\"}}]}\n\n";
-        assert!(inspect(token).has_token);
-        let role = b"data: {\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"}}]}\n\n";
-        assert!(!inspect(role).has_token);
-        let usage =
-            b"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":2}}\n\n";
-        let info = inspect(usage);
-        assert!(info.usage_only);
-        assert_eq!(info.usage.unwrap().completion, 2);
-        assert!(inspect(b"data: [DONE]\n\n").done);
-        assert_eq!(inspect(b": keep-alive\n\n"), EventInfo::default());
+impl std::fmt::Debug for RelayOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RelayOptions")
+            .field("format", &self.format)
+            .finish_non_exhaustive()
     }
 }

@@ -1,12 +1,10 @@
-//! OpenAI-compatible upstreams: request forwarding and usage parsing.
+//! OpenAI-compatible wire format: usage parsing, transport errors, the pooled client.
 
 use std::time::Duration;
 
-use bytes::Bytes;
 use serde::Deserialize;
 
 use crate::http::error::ApiError;
-use crate::routing::Model;
 use crate::usage::Tokens;
 
 /// `usage` as OpenAI reports it.
@@ -61,31 +59,6 @@ pub fn response_usage(body: &[u8]) -> Option<Tokens> {
         .map(|u| u.tokens())
 }
 
-/// Rough token estimate for text when a provider reports no usage (about 4 bytes a token).
-pub fn estimate_tokens(text_bytes: usize) -> i64 {
-    text_bytes.div_ceil(4) as i64
-}
-
-/// Send a chat completion request upstream. Returns the response once headers arrived.
-pub async fn send(
-    client: &reqwest::Client,
-    model: &Model,
-    path: &str,
-    body: Bytes,
-    request_id: &str,
-) -> Result<reqwest::Response, ApiError> {
-    let mut req = client
-        .post(format!("{}{}", model.base_url, path))
-        .header(http::header::CONTENT_TYPE, "application/json")
-        .header("x-request-id", request_id)
-        .timeout(model.timeout)
-        .body(body);
-    if let Some(key) = &model.upstream_key {
-        req = req.bearer_auth(key);
-    }
-    req.send().await.map_err(classify)
-}
-
 /// Map a transport error to the API error a client sees.
 pub fn classify(e: reqwest::Error) -> ApiError {
     if e.is_timeout() {
@@ -109,7 +82,7 @@ fn without_url(e: &reqwest::Error) -> String {
     kind.to_string()
 }
 
-/// Upstream client with connection pooling.
+/// Upstream client with connection pooling (one per connect timeout in use).
 pub fn client(connect_timeout: Duration) -> reqwest::Result<reqwest::Client> {
     reqwest::Client::builder()
         .connect_timeout(connect_timeout)

@@ -11,7 +11,7 @@ use tollgate_schemas::UsageEvent;
 
 pub use publisher::{Publisher, PublisherStats, UsageSink};
 
-use crate::routing::{ApiKey, Model};
+use crate::routing::{ApiKey, Deployment, Model};
 
 /// Most metadata entries kept per event, and the longest key and value.
 pub const METADATA_MAX_ENTRIES: usize = 16;
@@ -62,6 +62,7 @@ pub struct Meter {
     event: Option<UsageEvent>,
     partial: Outcome,
     model: Option<Arc<Model>>,
+    permit: Option<crate::limits::Permit>,
 }
 
 impl Meter {
@@ -95,6 +96,7 @@ impl Meter {
             event: Some(event),
             partial: Outcome::default(),
             model: None,
+            permit: None,
         }
     }
 
@@ -107,11 +109,17 @@ impl Meter {
     pub fn set_model(&mut self, model: &Arc<Model>, stream: bool) {
         if let Some(ev) = self.event.as_mut() {
             ev.model = model.name.clone();
-            ev.provider = model.provider.clone();
-            ev.upstream_model = model.upstream_model.clone();
             ev.stream = stream;
         }
         self.model = Some(model.clone());
+    }
+
+    /// Record the deployment that is being tried (the last one tried is kept).
+    pub fn set_deployment(&mut self, d: &Deployment) {
+        if let Some(ev) = self.event.as_mut() {
+            ev.provider = d.provider.as_str().to_string();
+            ev.upstream_model.clone_from(&d.upstream_model);
+        }
     }
 
     /// Record the requested model name before it is resolved (kept if resolution fails).
@@ -140,6 +148,12 @@ impl Meter {
         ev.metadata = out;
     }
 
+    /// Hold the request's rate-limit permit; it is settled with the final token counts when
+    /// the event is emitted (finish or drop), exactly once.
+    pub fn set_permit(&mut self, permit: Option<crate::limits::Permit>) {
+        self.permit = permit;
+    }
+
     /// Update what is known so far (used if the request is abandoned).
     pub fn progress(&mut self, partial: Outcome) {
         self.partial = partial;
@@ -154,6 +168,9 @@ impl Meter {
         let Some(mut ev) = self.event.take() else {
             return;
         };
+        if let Some(p) = self.permit.take() {
+            p.settle(&outcome.tokens);
+        }
         ev.latency_us = self.started.elapsed().as_micros() as i64;
         ev.status_code = i32::from(outcome.status);
         ev.error_type = outcome.error_type;
@@ -171,6 +188,7 @@ impl Meter {
                 outcome.tokens.cached,
             )
         });
+        record_metrics(&ev, self.model.is_some());
         self.sink.submit(ev);
     }
 }
@@ -183,5 +201,42 @@ impl Drop for Meter {
             outcome.error_type = Some("client_disconnected".into());
             self.emit(outcome);
         }
+    }
+}
+
+/// Request metrics from a finished event. The model label is the public name only when it
+/// resolved (a bounded set); unknown names requested by clients are `unknown`.
+fn record_metrics(ev: &UsageEvent, model_known: bool) {
+    use tollgate_schemas::telemetry as t;
+    let model = if model_known {
+        ev.model.clone()
+    } else {
+        "unknown".to_string()
+    };
+    let endpoint = ev.endpoint.clone();
+    metrics::counter!(t::PROXY_REQUESTS, "model" => model.clone(), "endpoint" => endpoint.clone(), "status" => ev.status_code.to_string()).increment(1);
+    let total = ev.latency_us as f64 / 1e6;
+    metrics::histogram!(t::PROXY_REQUEST_DURATION, "model" => model.clone(), "endpoint" => endpoint.clone()).record(total);
+    if ev.upstream_latency_us > 0 {
+        let overhead = (ev.latency_us - ev.upstream_latency_us).max(0) as f64 / 1e6;
+        metrics::histogram!(t::PROXY_OVERHEAD, "endpoint" => endpoint).record(overhead);
+        metrics::histogram!(t::PROXY_UPSTREAM_DURATION, "model" => model.clone())
+            .record(ev.upstream_latency_us as f64 / 1e6);
+    }
+    if let Some(ttft) = ev.ttft_us {
+        metrics::histogram!(t::PROXY_TTFT, "model" => model.clone()).record(ttft as f64 / 1e6);
+    }
+    for (kind, n) in [
+        ("prompt", ev.prompt_tokens),
+        ("completion", ev.completion_tokens),
+        ("cached", ev.cached_tokens),
+    ] {
+        if n > 0 {
+            metrics::counter!(t::PROXY_TOKENS, "model" => model.clone(), "kind" => kind)
+                .increment(n as u64);
+        }
+    }
+    if ev.cost_nanos > 0 {
+        metrics::counter!(t::PROXY_COST, "model" => model).increment(ev.cost_nanos as u64);
     }
 }

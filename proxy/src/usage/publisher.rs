@@ -1,8 +1,26 @@
-//! Hands usage events from the request path to Kafka without ever making a request wait.
+//! Hands usage events from the request path to Kafka without ever making a request wait, and
+//! without losing them when Kafka is slow or down.
 //!
-//! Requests call [`UsageSink::submit`], a non-blocking push into a bounded queue. One task
-//! encodes events (Avro single-object) and produces them with rdkafka's threaded producer
-//! (idempotent, lz4, linger 5 ms). A full queue drops the event and counts it.
+//! Requests call [`UsageSink::submit`], a non-blocking push into a bounded queue (a full queue
+//! drops the event and counts it). One task encodes events (Avro single-object) and produces
+//! them with rdkafka's threaded producer (idempotent, acks=all, lz4, linger 5 ms, key = account).
+//!
+//! An event goes to the disk [spool](crate::usage::spool) instead when librdkafka's queue is
+//! full, when its delivery fails (`message.timeout.ms` is 5 s with a spool, so an outage shows
+//! quickly; the failed payload comes back in the delivery report), or while the spool still
+//! holds older events (so order is kept). A replayer drains the spool in order once the broker
+//! acknowledges again, then publishing is direct again. Events are lost only when the spool is
+//! full, disabled or unwritable, each counted by reason.
+//!
+//! [`Publisher::shutdown`] drains the queue, flushes the producer, purges whatever is still
+//! unacknowledged back into the spool and fsyncs it; the next process on the same spool
+//! directory replays it.
+
+mod replay;
+mod shared;
+mod slot;
+#[cfg(test)]
+mod tests;
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -10,24 +28,63 @@ use std::time::Duration;
 
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
-use rdkafka::ClientContext;
-use tokio::sync::mpsc;
-use tollgate_schemas::UsageEvent;
+use rdkafka::producer::{BaseRecord, Producer, PurgeConfig};
+use tokio::sync::{mpsc, watch};
+use tollgate_schemas::{telemetry, UsageEvent};
 
+use self::shared::{count_drop, reason, Origin, Shared};
+use self::slot::ProducerSlot;
 use crate::config::KafkaConfig;
+use crate::usage::spool::{Spool, SpoolError};
+
+/// `message.timeout.ms` with a spool: how long a broker may stay silent before events spool.
+const MESSAGE_TIMEOUT_MS: &str = "5000";
+/// `message.timeout.ms` without a spool (nowhere to put failed events: retry long).
+const MESSAGE_TIMEOUT_NO_SPOOL_MS: &str = "300000";
+/// How long the shutdown waits for purged delivery reports and the replayer.
+const SHUTDOWN_TAIL: Duration = Duration::from_secs(3);
 
 /// Counters of the publishing pipeline.
 #[derive(Debug, Default)]
 pub struct PublisherStats {
     /// Events accepted into the queue.
     pub submitted: AtomicU64,
-    /// Events acknowledged by the broker.
+    /// Events acknowledged by the broker (directly or replayed from the spool).
     pub delivered: AtomicU64,
-    /// Events the broker finally rejected (after librdkafka's own retries).
+    /// Delivery reports with an error for directly produced events (each was then spooled, or
+    /// dropped if that failed): not a loss by itself.
     pub failed: AtomicU64,
-    /// Events dropped because the queue was full or encoding failed.
+    /// Events lost for good (queue full, encoding failed, spool full/disabled/unwritable).
     pub dropped: AtomicU64,
+    /// Events written to the disk spool (re-appends after a partly failed replay not counted).
+    pub spooled: AtomicU64,
+    /// Spooled events acknowledged by the broker.
+    pub replayed: AtomicU64,
+    /// Events in the spool not yet acknowledged (gauge).
+    pub spool_events: AtomicU64,
+    /// Bytes of those events (gauge).
+    pub spool_bytes: AtomicU64,
+}
+
+/// A copy of every [`PublisherStats`] counter.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PublisherCounts {
+    /// See [`PublisherStats::submitted`].
+    pub submitted: u64,
+    /// See [`PublisherStats::delivered`].
+    pub delivered: u64,
+    /// See [`PublisherStats::failed`].
+    pub failed: u64,
+    /// See [`PublisherStats::dropped`].
+    pub dropped: u64,
+    /// See [`PublisherStats::spooled`].
+    pub spooled: u64,
+    /// See [`PublisherStats::replayed`].
+    pub replayed: u64,
+    /// See [`PublisherStats::spool_events`].
+    pub spool_events: u64,
+    /// See [`PublisherStats::spool_bytes`].
+    pub spool_bytes: u64,
 }
 
 impl PublisherStats {
@@ -40,23 +97,20 @@ impl PublisherStats {
             self.dropped.load(Ordering::Relaxed),
         )
     }
-}
 
-struct DeliveryCounter(Arc<PublisherStats>);
-
-impl ClientContext for DeliveryCounter {}
-
-impl ProducerContext for DeliveryCounter {
-    type DeliveryOpaque = ();
-
-    fn delivery(&self, result: &DeliveryResult<'_>, _: Self::DeliveryOpaque) {
-        match result {
-            Ok(_) => self.0.delivered.fetch_add(1, Ordering::Relaxed),
-            Err((e, _)) => {
-                tracing::error!(error = %e, "usage event delivery failed");
-                self.0.failed.fetch_add(1, Ordering::Relaxed)
-            }
-        };
+    /// Snapshot of every counter.
+    pub fn counts(&self) -> PublisherCounts {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        PublisherCounts {
+            submitted: get(&self.submitted),
+            delivered: get(&self.delivered),
+            failed: get(&self.failed),
+            dropped: get(&self.dropped),
+            spooled: get(&self.spooled),
+            replayed: get(&self.replayed),
+            spool_events: get(&self.spool_events),
+            spool_bytes: get(&self.spool_bytes),
+        }
     }
 }
 
@@ -75,58 +129,90 @@ impl UsageSink {
         match self.tx.try_send(event) {
             Ok(()) => {
                 self.stats.submitted.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!(telemetry::USAGE_EVENTS_SUBMITTED).increment(1);
             }
             Err(e) => {
-                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                count_drop(&self.stats, reason::QUEUE_FULL, 1);
                 tracing::warn!(reason = %e, "usage event dropped: publisher queue unavailable");
             }
         }
     }
 }
 
-/// The publishing task and its producer.
+/// Failure to start the publisher.
+#[derive(Debug, thiserror::Error)]
+pub enum PublisherError {
+    /// The Kafka producer could not be created.
+    #[error("cannot create the Kafka producer: {0}")]
+    Kafka(#[from] KafkaError),
+    /// The spool directory could not be opened (or another process holds it).
+    #[error("cannot open the usage spool: {0}")]
+    Spool(#[from] SpoolError),
+}
+
+/// The publishing tasks and their producer.
 pub struct Publisher {
     task: tokio::task::JoinHandle<()>,
-    producer: ThreadedProducer<DeliveryCounter>,
-    stats: Arc<PublisherStats>,
+    replayer: tokio::task::JoinHandle<()>,
+    syncer: tokio::task::JoinHandle<()>,
+    stop: watch::Sender<bool>,
+    slot: Arc<ProducerSlot>,
+    shared: Arc<Shared>,
 }
 
 impl std::fmt::Debug for Publisher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Publisher")
-            .field("stats", &self.stats)
+            .field("stats", &self.shared.stats)
             .finish()
     }
 }
 
 impl Publisher {
-    /// Create the producer and start the task. Returns the publisher and a sink for requests.
+    /// Create the producer, open the spool and start the tasks. Returns the publisher and a
+    /// sink for requests. A spool error is reported as [`KafkaError::ClientCreation`]; use
+    /// [`Publisher::open`] for a typed error.
     pub fn start(cfg: &KafkaConfig) -> Result<(Self, UsageSink), KafkaError> {
+        Self::open(cfg).map_err(|e| match e {
+            PublisherError::Kafka(k) => k,
+            PublisherError::Spool(s) => KafkaError::ClientCreation(format!("usage spool: {s}")),
+        })
+    }
+
+    /// Like [`Publisher::start`], with a typed error.
+    pub fn open(cfg: &KafkaConfig) -> Result<(Self, UsageSink), PublisherError> {
         let stats = Arc::new(PublisherStats::default());
-        let mut client = ClientConfig::new();
-        client
-            .set("bootstrap.servers", &cfg.brokers)
-            .set("compression.type", "lz4")
-            .set("linger.ms", "5")
-            .set("message.timeout.ms", "300000")
-            .set("queue.buffering.max.messages", "200000");
-        if cfg.idempotence {
-            client.set("enable.idempotence", "true").set("acks", "all");
-        }
-        let producer: ThreadedProducer<DeliveryCounter> =
-            client.create_with_context(DeliveryCounter(stats.clone()))?;
+        let spool = if cfg.spool.enabled {
+            Some(Spool::open(&cfg.spool)?)
+        } else {
+            None
+        };
+        let shared = Arc::new(Shared::new(stats.clone(), spool));
+        let slot = Arc::new(ProducerSlot::new(producer_config(cfg), shared.clone())?);
         let (tx, rx) = mpsc::channel(cfg.queue_capacity);
-        let task = tokio::spawn(run(rx, producer.clone(), cfg.topic.clone(), stats.clone()));
+        let (stop, stopped) = watch::channel(false);
+        let task = tokio::spawn(run(rx, slot.clone(), cfg.topic.clone(), shared.clone()));
+        let replayer = tokio::spawn(replay::run(
+            shared.clone(),
+            slot.clone(),
+            cfg.topic.clone(),
+            stopped.clone(),
+        ));
+        let sync_every = Duration::from_millis(cfg.spool.fsync_interval_ms.max(1));
+        let syncer = tokio::spawn(sync_loop(shared.clone(), sync_every, stopped));
         let sink = UsageSink {
             tx,
             seq: Arc::new(AtomicI64::new(0)),
-            stats: stats.clone(),
+            stats,
         };
         Ok((
             Self {
                 task,
-                producer,
-                stats,
+                replayer,
+                syncer,
+                stop,
+                slot,
+                shared,
             },
             sink,
         ))
@@ -134,35 +220,120 @@ impl Publisher {
 
     /// Counters.
     pub fn stats(&self) -> Arc<PublisherStats> {
-        self.stats.clone()
+        self.shared.stats.clone()
     }
 
-    /// Drain the queue (once every sink is dropped) and flush the producer.
+    /// Drain the queue (once every sink is dropped), flush the producer, put whatever Kafka did
+    /// not acknowledge into the spool and fsync it.
     pub async fn shutdown(self, timeout: Duration) {
+        let deadline = tokio::time::Instant::now() + timeout;
         if tokio::time::timeout(timeout, self.task).await.is_err() {
             tracing::warn!("usage queue not drained in time: a sink is still alive");
         }
-        let producer = self.producer;
-        let flushed = tokio::task::spawn_blocking(move || producer.flush(timeout)).await;
+        // No new replay batches; the one in flight completes with the flush or the purge.
+        let _ = self.stop.send(true);
+        let left = deadline
+            .saturating_duration_since(tokio::time::Instant::now())
+            .max(Duration::from_millis(500));
+        let producer = self.slot.current();
+        let flushed = tokio::task::spawn_blocking(move || producer.flush(left)).await;
         match flushed {
             Ok(Ok(())) => tracing::info!("usage events flushed"),
-            Ok(Err(e)) => tracing::error!(error = %e, "usage events not flushed"),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "usage events not all flushed; spooling the rest")
+            }
             Err(e) => tracing::error!(error = %e, "flush task failed"),
+        }
+        // Purged messages come back through the delivery reports, which spool them.
+        let producer = self.slot.current();
+        let purged = tokio::task::spawn_blocking(move || {
+            producer.purge(PurgeConfig::default().queue().inflight());
+            producer.flush(SHUTDOWN_TAIL)
+        })
+        .await;
+        if let Ok(Err(e)) = purged {
+            tracing::error!(error = %e, "delivery reports of purged usage events not served");
+        }
+        if tokio::time::timeout(SHUTDOWN_TAIL, self.replayer)
+            .await
+            .is_err()
+        {
+            tracing::warn!("usage spool replayer did not stop in time");
+        }
+        let _ = self.syncer.await;
+        let c = self.shared.stats.counts();
+        if let Some((left, dir)) = self.shared.close_spool() {
+            if left > 0 {
+                tracing::info!(
+                    events = left,
+                    dir = %dir.display(),
+                    "usage events kept in the spool for the next start"
+                );
+            }
+        }
+        tracing::info!(
+            submitted = c.submitted,
+            delivered = c.delivered,
+            spooled = c.spooled,
+            replayed = c.replayed,
+            dropped = c.dropped,
+            "usage publisher stopped"
+        );
+    }
+}
+
+fn producer_config(cfg: &KafkaConfig) -> ClientConfig {
+    let mut client = ClientConfig::new();
+    let timeout = if cfg.spool.enabled {
+        MESSAGE_TIMEOUT_MS
+    } else {
+        MESSAGE_TIMEOUT_NO_SPOOL_MS
+    };
+    client
+        .set("bootstrap.servers", &cfg.brokers)
+        .set("compression.type", "lz4")
+        .set("linger.ms", "5")
+        .set("message.timeout.ms", timeout)
+        .set("queue.buffering.max.messages", "100000")
+        .set("reconnect.backoff.ms", "100")
+        .set("reconnect.backoff.max.ms", "1000");
+    if cfg.idempotence {
+        client.set("enable.idempotence", "true").set("acks", "all");
+    }
+    client
+}
+
+/// Fsync the spool every `every` until stopped.
+async fn sync_loop(shared: Arc<Shared>, every: Duration, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            r = stop.changed() => if r.is_err() || *stop.borrow() { return },
+        }
+        if let Some(file) = shared.take_unsynced() {
+            match tokio::task::spawn_blocking(move || file.sync_data()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::error!(error = %e, "usage spool fsync failed"),
+                Err(e) => tracing::error!(error = %e, "usage spool fsync task failed"),
+            }
         }
     }
 }
 
 async fn run(
     mut rx: mpsc::Receiver<UsageEvent>,
-    producer: ThreadedProducer<DeliveryCounter>,
+    slot: Arc<ProducerSlot>,
     topic: String,
-    stats: Arc<PublisherStats>,
+    shared: Arc<Shared>,
 ) {
     while let Some(event) = rx.recv().await {
+        metrics::gauge!(telemetry::USAGE_QUEUE_EVENTS).set(rx.len() as f64);
         let payload = match tollgate_schemas::encode(&event) {
             Ok(p) => p,
             Err(e) => {
-                stats.dropped.fetch_add(1, Ordering::Relaxed);
+                count_drop(&shared.stats, reason::ENCODE, 1);
                 tracing::error!(error = %e, "usage event could not be encoded");
                 continue;
             }
@@ -172,21 +343,31 @@ async fn run(
         } else {
             event.account_id.as_str()
         };
-        let mut record = BaseRecord::to(&topic).key(key).payload(&payload);
+        if shared.has_backlog() {
+            // Older events wait in the spool: queue behind them to keep the order.
+            shared.spool_event(key.as_bytes(), &payload, true);
+            continue;
+        }
+        let mut record = BaseRecord::with_opaque_to(&topic, Box::new(Origin::Direct))
+            .key(key)
+            .payload(&payload);
         loop {
-            match producer.send(record) {
+            match slot.send(record) {
                 Ok(()) => break,
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                    // librdkafka's own queue is full: wait here, not in a request.
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back))
+                    if !shared.spool_enabled() =>
+                {
+                    // No spool: wait for librdkafka here, never in a request.
                     record = back;
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
                 Err((e, _)) => {
-                    stats.failed.fetch_add(1, Ordering::Relaxed);
-                    tracing::error!(error = %e, "usage event not produced");
+                    shared.note_outage(&e);
+                    shared.spool_event(key.as_bytes(), &payload, true);
                     break;
                 }
             }
         }
     }
+    metrics::gauge!(telemetry::USAGE_QUEUE_EVENTS).set(0.0);
 }

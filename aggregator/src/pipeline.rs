@@ -1,0 +1,369 @@
+//! The consume → store → commit loop.
+//!
+//! Messages are buffered per partition; a partition's buffer is written when it holds
+//! `batch.max_rows` messages or its oldest message waited `batch.max_wait_ms`. A write stores
+//! the messages exactly once ([`crate::write`]) and only then commits that partition's offset.
+//! A write that fails transiently keeps the buffer, pauses fetching of the partition and is
+//! retried with exponential backoff; the loop keeps polling Kafka meanwhile (so group
+//! membership and rebalances go on) and never commits past stored rows.
+//!
+//! After every rebalance the buffers of revoked partitions are dropped (their new owner
+//! re-reads them from the committed offset) and retained ones are re-verified against
+//! ClickHouse before their next write.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::consumer::{CommitMode, Consumer};
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tollgate_schemas::telemetry::{
+    AGG_CONSUMED, AGG_DUPLICATES, AGG_GAPS, AGG_INSERTED, AGG_SEQUENCE_LATE, AGG_SKIPPED,
+};
+
+use crate::buffer::{Body, Buffers, Msg};
+use crate::config::AggregatorConfig;
+use crate::consumer::{assigned, UsageConsumer};
+use crate::sequence::{SeqDelta, SequenceTracker};
+use crate::sink::ClickHouseSink;
+use crate::state::{AggregatorStats, Shared};
+use crate::write::{self, Outcome};
+
+/// The loop state.
+pub struct Pipeline {
+    consumer: Arc<UsageConsumer>,
+    sink: ClickHouseSink,
+    topic: String,
+    max_rows: usize,
+    max_wait: Duration,
+    initial_backoff: Duration,
+    max_backoff: Duration,
+    buffers: Buffers,
+    assigned: Vec<i32>,
+    seen_generation: u64,
+    tracker: SequenceTracker,
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Pipeline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pipeline")
+            .field("topic", &self.topic)
+            .field("assigned", &self.assigned)
+            .finish()
+    }
+}
+
+enum Event {
+    Stop,
+    Message(i32, Msg),
+    Tick,
+}
+
+impl Pipeline {
+    /// Assemble the loop.
+    pub fn new(
+        cfg: &AggregatorConfig,
+        consumer: Arc<UsageConsumer>,
+        sink: ClickHouseSink,
+        shared: Arc<Shared>,
+    ) -> Self {
+        Self {
+            consumer,
+            sink,
+            topic: cfg.kafka.topic.clone(),
+            max_rows: cfg.batch.max_rows,
+            max_wait: Duration::from_millis(cfg.batch.max_wait_ms),
+            initial_backoff: Duration::from_millis(cfg.retry.initial_backoff_ms),
+            max_backoff: Duration::from_millis(cfg.retry.max_backoff_ms),
+            buffers: Buffers::default(),
+            assigned: Vec::new(),
+            seen_generation: 0,
+            tracker: SequenceTracker::new(cfg.sequence.window, cfg.sequence.max_proxies),
+            shared,
+        }
+    }
+
+    /// Run until `stop` turns true; then try once more to store what is buffered.
+    pub async fn run(mut self, mut stop: watch::Receiver<bool>) {
+        self.shared.running.store(true, Ordering::Relaxed);
+        let consumer = self.consumer.clone();
+        loop {
+            let wake = self
+                .buffers
+                .next_deadline(self.max_wait)
+                .unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
+            let event = tokio::select! {
+                biased;
+                _ = stopped(&mut stop) => Event::Stop,
+                msg = consumer.recv() => match msg {
+                    Ok(m) => {
+                        let ts = m.timestamp().to_millis().unwrap_or(0);
+                        let msg = Msg::decode(&self.topic, m.partition(), m.offset(), ts, m.payload());
+                        Event::Message(m.partition(), msg)
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "kafka consume error");
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        Event::Tick
+                    }
+                },
+                _ = tokio::time::sleep_until(wake) => Event::Tick,
+            };
+            self.sync_rebalance();
+            match event {
+                Event::Stop => break,
+                Event::Message(partition, msg) => self.accept(partition, msg),
+                Event::Tick => {}
+            }
+            self.flush_due().await;
+        }
+        let buffered: Vec<i32> = self
+            .buffers
+            .parts
+            .iter()
+            .filter(|(_, b)| !b.msgs.is_empty())
+            .map(|(p, _)| *p)
+            .collect();
+        for p in buffered {
+            self.flush_partition(p).await;
+        }
+        let left = self.buffers.len();
+        if left > 0 {
+            tracing::warn!(
+                messages = left,
+                "stopping with unstored messages; they stay uncommitted and are read again"
+            );
+        }
+        self.shared.running.store(false, Ordering::Relaxed);
+    }
+
+    /// Re-read the assignment after a rebalance; drop revoked buffers.
+    fn sync_rebalance(&mut self) {
+        let generation = self.consumer.context().generation();
+        if generation == self.seen_generation {
+            return;
+        }
+        self.seen_generation = generation;
+        self.assigned = assigned(&self.consumer, &self.topic);
+        let dropped = self.buffers.retain_assigned(&self.assigned);
+        if dropped > 0 {
+            tracing::info!(
+                dropped,
+                "dropped buffered messages of revoked partitions; their new owner re-reads them"
+            );
+        }
+        // Buffers that were paused after a failed write are fetched again (their pause flag
+        // was cleared); a new failure pauses them again.
+        let mut tpl = TopicPartitionList::new();
+        for p in &self.assigned {
+            tpl.add_partition(&self.topic, *p);
+        }
+        if tpl.count() > 0 {
+            if let Err(e) = self.consumer.resume(&tpl) {
+                tracing::debug!(error = %e, "resume after rebalance");
+            }
+        }
+        self.shared.gaps_reliable.store(false, Ordering::Relaxed);
+        if let Ok(mut a) = self.shared.assigned.lock() {
+            a.clone_from(&self.assigned);
+        }
+        if let Ok(mut positions) = self.shared.positions.lock() {
+            positions.clear();
+        }
+        self.tracker.reset();
+    }
+
+    fn accept(&mut self, partition: i32, msg: Msg) {
+        if !self.assigned.contains(&partition) {
+            tracing::debug!(
+                partition,
+                offset = msg.offset,
+                "message of an unassigned partition ignored"
+            );
+            return;
+        }
+        let stats = &self.shared.stats;
+        stats.consumed.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!(AGG_CONSUMED).increment(1);
+        if let Body::Poison { reason, error } = &msg.body {
+            stats.undecodable.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                partition,
+                offset = msg.offset,
+                reason = reason.as_str(),
+                error,
+                "message is not a usage event"
+            );
+        }
+        self.buffers
+            .parts
+            .entry(partition)
+            .or_default()
+            .push(msg, Instant::now());
+    }
+
+    async fn flush_due(&mut self) {
+        for p in self
+            .buffers
+            .due(Instant::now(), self.max_rows, self.max_wait)
+        {
+            self.flush_partition(p).await;
+        }
+    }
+
+    /// Write a partition's buffer in chunks of `max_rows`, committing after each chunk.
+    async fn flush_partition(&mut self, partition: i32) {
+        let Some(buf) = self.buffers.parts.get(&partition) else {
+            return;
+        };
+        let mut next_unstored = buf.next_unstored;
+        let mut stored = 0;
+        let mut failure = None;
+        for chunk in buf.msgs.chunks(self.max_rows) {
+            let (Some(first), Some(last)) = (chunk.first(), chunk.last()) else {
+                continue;
+            };
+            let floor = match next_unstored {
+                Some(n) => n,
+                None => {
+                    let max = self.sink.max_stored_offset(partition).await;
+                    self.shared.clickhouse_result(&max);
+                    match max {
+                        Ok(max) => max.map_or(0, |m| m + 1),
+                        Err(e) => {
+                            crate::write::count_error(&e);
+                            failure = Some(e);
+                            break;
+                        }
+                    }
+                }
+            };
+            next_unstored = Some(floor);
+            let verify = first.offset < floor;
+            let mut out = Outcome::default();
+            let result =
+                write::write(&self.sink, &self.topic, partition, chunk, verify, &mut out).await;
+            account(&mut self.tracker, &self.shared, chunk, &out);
+            self.shared.clickhouse_result(&result);
+            match result {
+                Ok(()) => {
+                    stored += chunk.len();
+                    next_unstored = Some(floor.max(last.offset + 1));
+                    commit(
+                        &self.consumer,
+                        &self.topic,
+                        &self.shared,
+                        partition,
+                        last.offset + 1,
+                    );
+                }
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            }
+        }
+        let Some(buf) = self.buffers.parts.get_mut(&partition) else {
+            return;
+        };
+        buf.stored(stored);
+        buf.next_unstored = next_unstored;
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(&self.topic, partition);
+        if failure.is_none() {
+            buf.succeeded();
+        }
+        match failure {
+            None if buf.paused => {
+                buf.paused = false;
+                if let Err(e) = self.consumer.resume(&tpl) {
+                    tracing::warn!(partition, error = %e, "cannot resume partition");
+                }
+                tracing::info!(partition, "ClickHouse writes recovered; partition resumed");
+            }
+            None => {}
+            Some(e) => {
+                let delay = buf.failed(Instant::now(), self.initial_backoff, self.max_backoff);
+                if !buf.paused {
+                    buf.paused = true;
+                    if let Err(e) = self.consumer.pause(&tpl) {
+                        tracing::warn!(partition, error = %e, "cannot pause partition");
+                    }
+                }
+                tracing::warn!(
+                    partition,
+                    buffered = buf.msgs.len(),
+                    retry_in_ms = delay.as_millis() as u64,
+                    error = crate::classify::describe(&e),
+                    "storing failed; nothing committed past stored rows, retrying"
+                );
+            }
+        }
+    }
+}
+
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+/// Commit `next` (the offset after the last stored message) for `partition`.
+fn commit(consumer: &UsageConsumer, topic: &str, shared: &Shared, partition: i32, next: i64) {
+    let mut tpl = TopicPartitionList::new();
+    if let Err(e) = tpl.add_partition_offset(topic, partition, Offset::Offset(next)) {
+        tracing::error!(error = %e, "cannot build commit list");
+        return;
+    }
+    // Asynchronous: a lost commit only means re-reading messages that the next owner then
+    // skips as stored.
+    if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
+        tracing::warn!(partition, error = %e, "offset commit failed after insert");
+    }
+    if let Ok(mut positions) = shared.positions.lock() {
+        positions.insert(partition, next);
+    }
+}
+
+/// Counters and sequence accounting of one write.
+fn account(tracker: &mut SequenceTracker, shared: &Shared, chunk: &[Msg], out: &Outcome) {
+    let stats = &shared.stats;
+    AggregatorStats::add(&stats.inserted, out.inserted);
+    AggregatorStats::add(&stats.skipped_stored, out.skipped);
+    AggregatorStats::add(&stats.dead_letters, out.dead_letters);
+    AggregatorStats::add(&stats.batches, out.batches);
+    metrics::counter!(AGG_INSERTED).increment(out.inserted as u64);
+    metrics::counter!(AGG_SKIPPED).increment(out.skipped as u64);
+    if out.skipped > 0 {
+        tracing::info!(
+            skipped = out.skipped,
+            "skipped messages ClickHouse already holds"
+        );
+    }
+    let count_gaps = shared.gaps_reliable.load(Ordering::Relaxed);
+    let mut total = SeqDelta::default();
+    for &i in &out.handled_events {
+        if let Some(Body::Event(row)) = chunk.get(i).map(|m| &m.body) {
+            let d = tracker.observe(row.proxy_id(), row.proxy_seq(), count_gaps);
+            total.gaps += d.gaps;
+            total.duplicates += d.duplicates;
+            total.late += d.late;
+        }
+    }
+    if total.gaps > 0 || total.duplicates > 0 {
+        tracing::warn!(
+            gaps = total.gaps,
+            duplicates = total.duplicates,
+            "proxy_seq gaps or duplicates"
+        );
+    }
+    stats.gaps.fetch_add(total.gaps, Ordering::Relaxed);
+    stats
+        .duplicates
+        .fetch_add(total.duplicates, Ordering::Relaxed);
+    metrics::counter!(AGG_GAPS).increment(total.gaps);
+    metrics::counter!(AGG_DUPLICATES).increment(total.duplicates);
+    metrics::counter!(AGG_SEQUENCE_LATE).increment(total.late);
+}

@@ -1,0 +1,470 @@
+//! The benchmark report: figures next to their targets, as Markdown, JSON
+//! and an SVG chart.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::bench::Check;
+use super::Comparison;
+use crate::loadgen::output::{markdown_runs, write_outputs};
+use crate::loadgen::recorder::RunSummary;
+use crate::verify::Verification;
+
+/// Goals printed next to the measured figures.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Targets {
+    /// Added latency p50, ms.
+    pub added_p50_ms: f64,
+    /// Added latency p99, ms.
+    pub added_p99_ms: f64,
+    /// Added TTFT p50, ms.
+    pub added_ttft_p50_ms: f64,
+    /// Proxy RSS with the open streams, MB (10^6 bytes).
+    pub rss_mb: f64,
+    /// Open streams of the memory target.
+    pub open_streams: usize,
+}
+
+/// The open-streams phase.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct StreamsResult {
+    /// The run through the proxy.
+    pub summary: RunSummary,
+    /// Workers (streams kept open).
+    pub workers: usize,
+    /// Requests in flight on average during the measured part (sampled
+    /// every 200 ms).
+    pub mean_open_streams: f64,
+    /// Fewest requests in flight in a sample of the measured part.
+    pub min_open_streams: u64,
+    /// RSS of the freshly started, idle proxy, KiB.
+    pub rss_idle_kib: u64,
+    /// Largest sampled proxy `VmRSS`, KiB.
+    pub rss_max_kib: u64,
+    /// Proxy `VmHWM` at the end of the phase, KiB.
+    pub hwm_kib: u64,
+}
+
+impl StreamsResult {
+    /// Largest sampled RSS in MB (10^6 bytes).
+    pub fn rss_max_mb(&self) -> f64 {
+        self.rss_max_kib as f64 * 1024.0 / 1e6
+    }
+}
+
+/// The proxy's usage-publisher metrics when an instance was stopped.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct ProxyUsage {
+    /// Instance (`proxy`, `proxy-streams`).
+    pub instance: String,
+    /// `tollgate_usage_*` metrics summed over labels.
+    pub metrics: std::collections::BTreeMap<String, f64>,
+}
+
+/// The machine the benchmark ran on.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Machine {
+    /// CPUs available.
+    pub cpus: usize,
+    /// CPU model (`/proc/cpuinfo`).
+    pub cpu_model: String,
+    /// Kernel release.
+    pub kernel: String,
+}
+
+impl Machine {
+    /// Reads what it can; unknown fields stay empty.
+    pub fn detect() -> Self {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let cpu_model = cpuinfo
+            .lines()
+            .find(|l| l.starts_with("model name"))
+            .and_then(|l| l.split(':').nth(1))
+            .map(|s| s.trim().to_owned())
+            .unwrap_or_default();
+        Self {
+            cpus: std::thread::available_parallelism().map_or(0, |n| n.get()),
+            cpu_model,
+            kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+                .map(|s| s.trim().to_owned())
+                .unwrap_or_default(),
+        }
+    }
+}
+
+/// Everything `make bench` measured.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct BenchReport {
+    /// Plan name.
+    pub name: String,
+    /// Start, UTC.
+    pub date: String,
+    /// `metadata.run_id` of every request.
+    pub run_id: String,
+    /// Where it ran.
+    pub machine: Machine,
+    /// Goals.
+    pub targets: Targets,
+    /// Interleaved comparisons.
+    pub comparisons: Vec<Comparison>,
+    /// Open-streams phase.
+    pub streams: Option<StreamsResult>,
+    /// ClickHouse row check.
+    pub verification: Option<Verification>,
+    /// Checks of each comparison (same order).
+    pub checks: Vec<Vec<Check>>,
+    /// Usage-publisher metrics of each proxy instance at its stop.
+    pub proxy_usage: Vec<ProxyUsage>,
+}
+
+impl Default for Targets {
+    fn default() -> Self {
+        Self {
+            added_p50_ms: 0.25,
+            added_p99_ms: 1.0,
+            added_ttft_p50_ms: 0.3,
+            rss_mb: 100.0,
+            open_streams: 2000,
+        }
+    }
+}
+
+/// One line of the targets table.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TargetRow {
+    /// What is measured.
+    pub what: String,
+    /// The goal.
+    pub goal: String,
+    /// The figure.
+    pub measured: String,
+    /// Met, missed, or not measured (`None`).
+    pub met: Option<bool>,
+}
+
+fn row(what: String, goal: String, measured: Option<(f64, String)>, limit: f64) -> TargetRow {
+    match measured {
+        Some((v, text)) => TargetRow {
+            what,
+            goal,
+            measured: text,
+            met: Some(v <= limit),
+        },
+        None => TargetRow {
+            what,
+            goal,
+            measured: "not measured".to_owned(),
+            met: None,
+        },
+    }
+}
+
+impl BenchReport {
+    fn checked(&self, check: Check) -> Option<&Comparison> {
+        self.comparisons
+            .iter()
+            .zip(&self.checks)
+            .find(|(_, checks)| checks.contains(&check))
+            .map(|(c, _)| c)
+    }
+
+    /// The targets with their figures.
+    pub fn target_rows(&self) -> Vec<TargetRow> {
+        let t = &self.targets;
+        let lat = self.checked(Check::AddedLatency);
+        let ttft = self.checked(Check::AddedTtft);
+        let at = |c: &Comparison| format!(" ({}, {})", c.scenario, c.load);
+        let ms = |v: f64, c: &Comparison| (v, format!("{v:.3} ms{}", at(c)));
+        let mut rows = vec![
+            row(
+                "added latency p50 vs direct, half saturation".into(),
+                format!("≤ {} ms", t.added_p50_ms),
+                lat.map(|c| ms(c.added_latency.p50_ms, c)),
+                t.added_p50_ms,
+            ),
+            row(
+                "added latency p99 vs direct, half saturation".into(),
+                format!("≤ {} ms", t.added_p99_ms),
+                lat.map(|c| ms(c.added_latency.p99_ms, c)),
+                t.added_p99_ms,
+            ),
+            row(
+                "added TTFT p50 vs direct".into(),
+                format!("≤ {} ms", t.added_ttft_p50_ms),
+                ttft.map(|c| ms(c.added_ttft.p50_ms, c)),
+                t.added_ttft_p50_ms,
+            ),
+        ];
+        rows.push(row(
+            format!("proxy RSS with {} open streams", t.open_streams),
+            format!("≤ {} MB", t.rss_mb),
+            self.streams.as_ref().map(|s| {
+                (
+                    s.rss_max_mb(),
+                    format!(
+                        "{:.1} MB max sampled RSS; streams open: mean {:.0}, min {} ({} workers)",
+                        s.rss_max_mb(),
+                        s.mean_open_streams,
+                        s.min_open_streams,
+                        s.workers
+                    ),
+                )
+            }),
+            t.rss_mb,
+        ));
+        let mut lost = row(
+            "lost usage rows".into(),
+            "0".into(),
+            self.verification.as_ref().map(|v| {
+                (
+                    v.lost as f64,
+                    format!(
+                        "{} lost, {} duplicated of {} successful requests",
+                        v.lost, v.duplicated, v.expected
+                    ),
+                )
+            }),
+            0.0,
+        );
+        if let (Some(v), Some(met)) = (&self.verification, lost.met) {
+            lost.met = Some(met && v.duplicated == 0);
+        }
+        rows.push(lost);
+        rows
+    }
+
+    /// The report as Markdown.
+    pub fn markdown(&self) -> String {
+        let mut out = String::new();
+        let m = &self.machine;
+        let _ = writeln!(out, "# Tollgate benchmark `{}`, {}\n", self.name, self.date);
+        let _ = writeln!(
+            out,
+            "Machine: {} CPUs ({}), Linux {}. Load generator, mock, proxy, aggregator, Kafka \
+             (Tansu) and ClickHouse all share it, so absolute figures are noisy; the \
+             direct and proxied sides run in interleaved slices to share that noise. \
+             run_id `{}`.\n",
+            m.cpus, m.cpu_model, m.kernel, self.run_id
+        );
+        out.push_str("## Targets\n\n| target | goal | measured | met |\n|---|---|---|---|\n");
+        for r in self.target_rows() {
+            let met = match r.met {
+                Some(true) => "yes",
+                Some(false) => "**no**",
+                None => "-",
+            };
+            let _ = writeln!(out, "| {} | {} | {} | {met} |", r.what, r.goal, r.measured);
+        }
+
+        for c in &self.comparisons {
+            let Some(s) = &c.saturation else { continue };
+            let _ = writeln!(
+                out,
+                "\n## Saturation of `{}` (closed-loop ramp)\n\nHighest throughput: direct {:.0} \
+                 ok/s, proxy {:.0} ok/s (at {} workers); the comparison below ran open-loop at \
+                 {}.\n",
+                c.scenario, s.direct_rps, s.proxy_rps, s.proxy_concurrency, c.load
+            );
+            out.push_str(
+                "| workers | direct ok/s | proxy ok/s | direct p50 ms | proxy p50 ms | direct \
+                 p99 ms | proxy p99 ms | errors (d/p) |\n|---:|---:|---:|---:|---:|---:|---:|---|\n",
+            );
+            for p in &s.points {
+                let _ = writeln!(
+                    out,
+                    "| {} | {:.0} | {:.0} | {:.3} | {:.3} | {:.3} | {:.3} | {}/{} |",
+                    p.concurrency,
+                    p.direct.throughput_rps,
+                    p.proxy.throughput_rps,
+                    p.direct.latency.p50_ms,
+                    p.proxy.latency.p50_ms,
+                    p.direct.latency.p99_ms,
+                    p.proxy.latency.p99_ms,
+                    p.direct.errors,
+                    p.proxy.errors
+                );
+            }
+        }
+
+        out.push_str(
+            "\n## Added by the proxy (interleaved slices)\n\n| scenario | load | added p50 ms \
+             | p90 | p99 | p99.9 | added TTFT p50 ms | TTFT p99 | proxy CPU ms/request |\n\
+             |---|---|---:|---:|---:|---:|---:|---:|---:|\n",
+        );
+        for c in &self.comparisons {
+            let (a, t) = (&c.added_latency, &c.added_ttft);
+            let streams = c.proxy.ttft.count > 0;
+            let tt = |v: f64| {
+                if streams {
+                    format!("{v:.3}")
+                } else {
+                    "-".to_owned()
+                }
+            };
+            let cpu = c
+                .proxy_cpu_ms_per_request
+                .map_or("-".to_owned(), |v| format!("{v:.3}"));
+            let _ = writeln!(
+                out,
+                "| {} | {} | {:.3} | {:.3} | {:.3} | {:.3} | {} | {} | {cpu} |",
+                c.scenario,
+                c.load,
+                a.p50_ms,
+                a.p90_ms,
+                a.p99_ms,
+                a.p999_ms,
+                tt(t.p50_ms),
+                tt(t.p99_ms)
+            );
+        }
+
+        out.push_str("\n## Runs\n\n");
+        let mut runs = self.chart_runs();
+        if let Some(s) = &self.streams {
+            runs.push(&s.summary);
+        }
+        out.push_str(&markdown_runs(&runs));
+
+        if let Some(st) = &self.streams {
+            let _ = writeln!(
+                out,
+                "\n## Open streams\n\n{} workers through a freshly started proxy; streams open \
+                 during the measured part: mean {:.0}, min {}; proxy RSS: idle {:.1} MB, max \
+                 sampled {:.1} MB, VmHWM {:.1} MB.",
+                st.workers,
+                st.mean_open_streams,
+                st.min_open_streams,
+                st.rss_idle_kib as f64 * 1024.0 / 1e6,
+                st.rss_max_mb(),
+                st.hwm_kib as f64 * 1024.0 / 1e6
+            );
+        }
+        if let Some(v) = &self.verification {
+            let _ = writeln!(
+                out,
+                "\n## Usage rows in ClickHouse\n\n| successful requests | rows | distinct requests \
+                 | lost | duplicated | extra | waited s |\n|---:|---:|---:|---:|---:|---:|---:|\n\
+                 | {} | {} | {} | {} | {} | {} | {:.1} |",
+                v.expected,
+                v.counts.rows,
+                v.counts.requests,
+                v.lost,
+                v.duplicated,
+                v.extra,
+                v.waited_secs
+            );
+        }
+        if !self.proxy_usage.is_empty() {
+            out.push_str(
+                "\nProxy usage publisher at stop (`tollgate_usage_*`; events still spooled are \
+                 replayed by the next start, so they count as missing above):\n\n\
+                 | instance | submitted | published | spooled | replayed | dropped | spool events \
+                 |\n|---|---:|---:|---:|---:|---:|---:|\n",
+            );
+            for u in &self.proxy_usage {
+                let m = |k: &str| {
+                    u.metrics
+                        .get(&format!("tollgate_usage_{k}"))
+                        .map_or("-".to_owned(), |v| format!("{v:.0}"))
+                };
+                let _ = writeln!(
+                    out,
+                    "| {} | {} | {} | {} | {} | {} | {} |",
+                    u.instance,
+                    m("events_submitted_total"),
+                    m("events_published_total"),
+                    m("events_spooled_total"),
+                    m("events_replayed_total"),
+                    m("events_dropped_total"),
+                    m("spool_events")
+                );
+            }
+        }
+        out
+    }
+
+    /// Runs shown in the chart: both sides of every comparison (the
+    /// open-streams run, seconds long, would flatten them).
+    pub fn chart_runs(&self) -> Vec<&RunSummary> {
+        self.comparisons
+            .iter()
+            .flat_map(|c| [&c.direct, &c.proxy])
+            .collect()
+    }
+
+    /// Writes `<dir>/<stamp>-<name>.{md,json,svg}`; returns the Markdown path.
+    pub fn write(&self, dir: &Path, stamp: &str) -> anyhow::Result<PathBuf> {
+        let files = write_outputs(
+            dir,
+            &format!("{stamp}-{}", self.name),
+            &format!("Tollgate benchmark {} ({})", self.name, self.date),
+            self,
+            &self.markdown(),
+            &self.chart_runs(),
+        )?;
+        Ok(files.markdown)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use crate::loadgen::recorder::{Added, Percentiles};
+    use crate::verify::RowCounts;
+
+    #[test]
+    fn targets_are_judged_and_printed() {
+        let comparison = Comparison {
+            scenario: "plain".into(),
+            load: "open 100 req/s".into(),
+            added_latency: Added {
+                p50_ms: 0.2,
+                p99_ms: 1.5,
+                ..Added::default()
+            },
+            ..Comparison::default()
+        };
+        let mut stream = comparison.clone();
+        stream.scenario = "stream".into();
+        stream.added_ttft.p50_ms = 0.1;
+        stream.proxy.ttft = Percentiles {
+            count: 5,
+            ..Percentiles::default()
+        };
+        let report = BenchReport {
+            name: "t".into(),
+            comparisons: vec![comparison, stream],
+            checks: vec![vec![Check::AddedLatency], vec![Check::AddedTtft]],
+            verification: Some(Verification::new(
+                "r",
+                10,
+                RowCounts {
+                    rows: 11,
+                    requests: 10,
+                    ok_requests: 10,
+                },
+                std::time::Duration::ZERO,
+            )),
+            ..BenchReport::default()
+        };
+        let rows = report.target_rows();
+        let met: Vec<Option<bool>> = rows.iter().map(|r| r.met).collect();
+        assert_eq!(
+            met,
+            vec![Some(true), Some(false), Some(true), None, Some(false)]
+        );
+        assert!(
+            rows[1].measured.starts_with("1.500 ms (plain"),
+            "{:?}",
+            rows[1]
+        );
+        let md = report.markdown();
+        assert!(md.contains("| added latency p99 vs direct, half saturation | ≤ 1 ms | 1.500 ms"));
+        assert!(md.contains("| not measured | - |"));
+        assert!(md.contains("0 lost, 1 duplicated of 10"));
+    }
+}

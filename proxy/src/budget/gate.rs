@@ -1,0 +1,242 @@
+//! [`BudgetGate`]: cached decisions per scope, refusals and reservations.
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use moka::future::Cache;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use tokio::sync::watch;
+use tollgate_schemas::budgets::{Decision, DecisionKind};
+use tollgate_schemas::redis_keys;
+use tollgate_schemas::telemetry::{BUDGET_CHECK_DURATION, BUDGET_REDIS_ERRORS};
+
+use super::error::{BudgetError, Exceeded};
+use super::reserve::{self, Reservation};
+use super::{now_ms, Ask, BudgetConfig};
+
+/// How long the request path skips Redis after a failure, ms.
+const BREAKER_MS: i64 = 1_000;
+/// How long the last known decisions of a scope are kept for Redis outages.
+const LAST_KNOWN: Duration = Duration::from_secs(3_600);
+/// Most scopes cached.
+const CAPACITY: u64 = 100_000;
+
+type Decisions = Arc<[Decision]>;
+
+/// Shared state of the gate.
+pub(super) struct Inner {
+    pub(super) conn: ConnectionManager,
+    pub(super) client: redis::Client,
+    pub(super) prefix: String,
+    pub(super) cfg: BudgetConfig,
+    fresh: Cache<String, Decisions>,
+    last: Cache<String, Decisions>,
+    down_until: AtomicI64,
+}
+
+/// Checks budget decisions and reserves near the limit (cheap to clone).
+#[derive(Clone)]
+pub struct BudgetGate {
+    inner: Option<Arc<Inner>>,
+    stop: Option<watch::Sender<bool>>,
+}
+
+impl std::fmt::Debug for BudgetGate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BudgetGate")
+            .field("enabled", &self.inner.is_some())
+            .field("prefix", &self.inner.as_ref().map(|i| i.prefix.clone()))
+            .finish()
+    }
+}
+
+/// The gate could not be set up.
+#[derive(Debug, thiserror::Error)]
+#[error("budgets: redis settings unusable: {0}")]
+pub struct GateStartError(#[from] redis::RedisError);
+
+impl BudgetGate {
+    /// A gate that admits everything (no Redis, or budgets disabled).
+    pub fn disabled() -> Self {
+        Self {
+            inner: None,
+            stop: None,
+        }
+    }
+
+    /// A gate on the config store's Redis (`url`, key `prefix`); subscribes to decision
+    /// notices in the background. Returns [`Self::disabled`] when `cfg.enabled` is false.
+    pub fn start(cfg: &BudgetConfig, url: &str, prefix: &str) -> Result<Self, GateStartError> {
+        if !cfg.enabled {
+            return Ok(Self::disabled());
+        }
+        let client = redis::Client::open(url)?;
+        let timeout = Duration::from_millis(cfg.timeout_ms);
+        let conn_cfg = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(timeout.max(Duration::from_millis(200))))
+            .set_response_timeout(Some(timeout))
+            .set_number_of_retries(1)
+            .set_min_delay(Duration::from_millis(50))
+            .set_max_delay(Duration::from_millis(500));
+        let conn = ConnectionManager::new_lazy_with_config(client.clone(), conn_cfg)?;
+        let inner = Arc::new(Inner {
+            conn,
+            client,
+            prefix: prefix.to_string(),
+            cfg: cfg.clone(),
+            fresh: Cache::builder()
+                .max_capacity(CAPACITY)
+                .time_to_live(Duration::from_millis(cfg.cache_ttl_ms))
+                .build(),
+            last: Cache::builder()
+                .max_capacity(CAPACITY)
+                .time_to_live(LAST_KNOWN)
+                .build(),
+            down_until: AtomicI64::new(0),
+        });
+        let (stop, stopped) = watch::channel(false);
+        tokio::spawn(super::notices::run(Arc::clone(&inner), stopped));
+        Ok(Self {
+            inner: Some(inner),
+            stop: Some(stop),
+        })
+    }
+
+    /// Whether budgets are enforced.
+    pub fn enabled(&self) -> bool {
+        self.inner.is_some()
+    }
+
+    /// `default_max_tokens` of the config (worst case of requests without `max_tokens`).
+    pub fn default_max_tokens(&self) -> u64 {
+        self.inner
+            .as_ref()
+            .map_or(4_096, |i| i.cfg.default_max_tokens)
+    }
+
+    /// Refuse the request if a decision of one of its scopes blocks it; under reserve
+    /// decisions, reserve its worst case on each such budget (all or none). The returned
+    /// reservation must be settled when the request ends (dropping it releases it).
+    pub async fn check(&self, ask: &Ask<'_>) -> Result<Option<Reservation>, BudgetError> {
+        let Some(inner) = &self.inner else {
+            return Ok(None);
+        };
+        let started = Instant::now();
+        let refs = ask.scopes.refs();
+        let lists =
+            futures::future::join_all(refs.iter().map(|r| Inner::decisions(inner, r))).await;
+        let now = now_ms();
+        let mut reserve = Vec::new();
+        let mut result = Ok(None);
+        for d in lists.iter().flat_map(|l| l.iter()) {
+            if !d.active(now) {
+                continue;
+            }
+            match d.kind {
+                DecisionKind::Block => {
+                    result = Err(BudgetError::Exceeded(Box::new(Exceeded {
+                        decision: d.clone(),
+                        reserved: None,
+                    })));
+                    break;
+                }
+                DecisionKind::Reserve => reserve.push(d.clone()),
+            }
+        }
+        if result.is_ok() && !reserve.is_empty() {
+            result = reserve::reserve(inner, ask, reserve).await;
+        }
+        metrics::histogram!(BUDGET_CHECK_DURATION).record(started.elapsed().as_secs_f64());
+        result
+    }
+
+    /// Drop every cached decision (the next request of each scope reads Redis).
+    pub async fn invalidate_all(&self) {
+        if let Some(inner) = &self.inner {
+            inner.fresh.invalidate_all();
+        }
+    }
+
+    /// Stop the notice subscription.
+    pub fn shutdown(&self) {
+        if let Some(stop) = &self.stop {
+            let _ = stop.send(true);
+        }
+    }
+}
+
+impl Inner {
+    pub(super) fn available(&self) -> bool {
+        now_ms() >= self.down_until.load(Ordering::Relaxed)
+    }
+
+    pub(super) fn trip(&self, op: &'static str, e: &dyn std::fmt::Display) {
+        metrics::counter!(BUDGET_REDIS_ERRORS, "op" => op).increment(1);
+        let was = self
+            .down_until
+            .swap(now_ms() + BREAKER_MS, Ordering::Relaxed);
+        if was < now_ms() {
+            tracing::warn!(error = %e, op, "budget store unreachable; serving the last known decisions");
+        }
+    }
+
+    pub(super) fn timeout(&self) -> Duration {
+        Duration::from_millis(self.cfg.timeout_ms)
+    }
+
+    /// The decisions of one scope: cached, else read (one read per scope at a time), else the
+    /// last known ones while Redis fails.
+    async fn decisions(self: &Arc<Self>, scope: &str) -> Decisions {
+        if let Some(d) = self.fresh.get(scope).await {
+            return d;
+        }
+        if !self.available() {
+            return self.last.get(scope).await.unwrap_or_else(|| Arc::from([]));
+        }
+        let me = Arc::clone(self);
+        let key = scope.to_string();
+        let read = async move { me.read(&key).await };
+        match self.fresh.try_get_with(scope.to_string(), read).await {
+            Ok(d) => d,
+            Err(e) => {
+                self.trip("read", &e);
+                self.last.get(scope).await.unwrap_or_else(|| Arc::from([]))
+            }
+        }
+    }
+
+    async fn read(&self, scope: &str) -> Result<Decisions, String> {
+        let key = redis_keys::budget_decisions(&self.prefix, scope);
+        let mut conn = self.conn.clone();
+        let cmd = redis::cmd("HGETALL").arg(&key).clone();
+        let fields: Vec<(String, String)> =
+            match tokio::time::timeout(self.timeout(), cmd.query_async(&mut conn)).await {
+                Ok(Ok(f)) => f,
+                Ok(Err(e)) => return Err(e.to_string()),
+                Err(_) => return Err(format!("no answer within {:?}", self.timeout())),
+            };
+        let list: Decisions = fields
+            .iter()
+            .filter_map(|(field, json)| match serde_json::from_str::<Decision>(json) {
+                Ok(d) => Some(d),
+                Err(e) => {
+                    tracing::warn!(scope, field, error = %e, "unreadable budget decision skipped");
+                    None
+                }
+            })
+            .collect();
+        self.last.insert(scope.to_string(), Arc::clone(&list)).await;
+        Ok(list)
+    }
+
+    /// Drop the cached decisions of one scope (a notice arrived).
+    pub(super) async fn invalidate(&self, scope: &str) {
+        self.fresh.invalidate(scope).await;
+    }
+
+    /// Drop every cached decision (resubscribed: notices may have been missed).
+    pub(super) fn invalidate_all(&self) {
+        self.fresh.invalidate_all();
+    }
+}

@@ -1,0 +1,361 @@
+//! One pipeline for every model endpoint: authenticate → parse → resolve model → forward
+//! (retries, failover) → relay or translate the response → meter.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Map, Value};
+use tracing::Instrument as _;
+
+use super::auth::authenticate;
+use super::body::read_body;
+use super::error::ApiError;
+use super::forward::{forward, Call};
+use super::stream::{MeteredSse, RelayOptions};
+use super::{request_id, translate, AppState};
+use crate::limits::Ask;
+use crate::providers::{tokens, Endpoint};
+use crate::routing::{ApiKey, Catalog};
+use crate::usage::{Meter, Outcome};
+
+/// Largest accepted `max_tokens`.
+pub const MAX_TOKENS_LIMIT: u64 = 1_000_000;
+
+/// `POST /v1/chat/completions`.
+pub async fn chat_completions(State(st): State<AppState>, req: Request) -> Response {
+    handle(st, req, Endpoint::ChatCompletions).await
+}
+
+/// `POST /v1/completions`.
+pub async fn completions(State(st): State<AppState>, req: Request) -> Response {
+    handle(st, req, Endpoint::Completions).await
+}
+
+/// `POST /v1/embeddings`.
+pub async fn embeddings(State(st): State<AppState>, req: Request) -> Response {
+    handle(st, req, Endpoint::Embeddings).await
+}
+
+/// `POST /v1/messages` (Anthropic format).
+pub async fn messages(State(st): State<AppState>, req: Request) -> Response {
+    handle(st, req, Endpoint::Messages).await
+}
+
+async fn handle(st: AppState, req: Request, endpoint: Endpoint) -> Response {
+    let rid = request_id(req.headers());
+    let span = tracing::info_span!(
+        "request",
+        request_id = rid.to_str().unwrap_or("unknown"),
+        endpoint = endpoint.as_str()
+    );
+    let mut resp = match run(&st, req, endpoint, &rid).instrument(span).await {
+        Ok(r) => r,
+        Err(e) => {
+            metrics::counter!(tollgate_schemas::telemetry::PROXY_REJECTIONS, "reason" => e.code())
+                .increment(1);
+            if endpoint.anthropic_client() {
+                e.into_anthropic_response()
+            } else {
+                e.into_response()
+            }
+        }
+    };
+    resp.headers_mut().insert("x-request-id", rid);
+    resp
+}
+
+async fn run(
+    st: &AppState,
+    req: Request,
+    endpoint: Endpoint,
+    rid: &HeaderValue,
+) -> Result<Response, ApiError> {
+    let catalog = st.catalog.borrow().clone();
+    let key = authenticate(&catalog, req.headers())?;
+    let rid = rid.to_str().unwrap_or("unknown");
+    let mut meter = Some(Meter::start(
+        st.usage.clone(),
+        &st.proxy_id,
+        rid,
+        &key,
+        endpoint.as_str(),
+    ));
+    let result = serve(st, &catalog, &key, req, endpoint, rid, &mut meter).await;
+    if let (Err(e), Some(m)) = (&result, meter.take()) {
+        m.finish(Outcome {
+            status: e.status().as_u16(),
+            error_type: Some(e.code().to_string()),
+            ..Outcome::default()
+        });
+    }
+    result
+}
+
+fn invalid(message: impl Into<String>, param: &'static str) -> ApiError {
+    ApiError::InvalidRequest {
+        message: message.into(),
+        param: Some(param),
+    }
+}
+
+/// Field checks shared by every endpoint; the provider checks the rest.
+fn check_fields(json: &Map<String, Value>, endpoint: Endpoint) -> Result<(String, bool), ApiError> {
+    let model = match json.get("model") {
+        Some(Value::String(s)) if !s.is_empty() && s.len() <= 256 => s.clone(),
+        Some(Value::String(_)) | None => {
+            return Err(invalid(
+                "`model` is required: a string of 1-256 characters.",
+                "model",
+            ))
+        }
+        Some(_) => return Err(invalid("`model` must be a string.", "model")),
+    };
+    let stream = match json.get("stream") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => return Err(invalid("`stream` must be a boolean.", "stream")),
+    };
+    if stream && !endpoint.can_stream() {
+        return Err(invalid(
+            "This endpoint does not support `stream`.",
+            "stream",
+        ));
+    }
+    for field in ["max_tokens", "max_completion_tokens"] {
+        match json.get(field) {
+            None | Some(Value::Null) => {}
+            Some(Value::Number(n))
+                if n.as_u64()
+                    .is_some_and(|v| (1..=MAX_TOKENS_LIMIT).contains(&v)) => {}
+            Some(_) => {
+                return Err(ApiError::InvalidRequest {
+                    message: format!(
+                        "`{field}` must be an integer between 1 and {MAX_TOKENS_LIMIT}."
+                    ),
+                    param: Some(if field == "max_tokens" {
+                        "max_tokens"
+                    } else {
+                        "max_completion_tokens"
+                    }),
+                })
+            }
+        }
+    }
+    let required = match endpoint {
+        Endpoint::ChatCompletions | Endpoint::Messages => Some("messages"),
+        Endpoint::Completions => Some("prompt"),
+        Endpoint::Embeddings => Some("input"),
+    };
+    if let Some(field) = required {
+        let ok = match (field, json.get(field)) {
+            ("messages", Some(Value::Array(a))) => !a.is_empty(),
+            ("prompt" | "input", Some(Value::String(_) | Value::Array(_))) => true,
+            _ => false,
+        };
+        if !ok {
+            let (msg, param) = match field {
+                "messages" => ("`messages` is required: a non-empty array.", "messages"),
+                "prompt" => ("`prompt` is required: a string or an array.", "prompt"),
+                _ => ("`input` is required: a string or an array.", "input"),
+            };
+            return Err(invalid(msg, param));
+        }
+    }
+    Ok((model, stream))
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn serve(
+    st: &AppState,
+    catalog: &Catalog,
+    key: &ApiKey,
+    req: Request,
+    endpoint: Endpoint,
+    rid: &str,
+    meter: &mut Option<Meter>,
+) -> Result<Response, ApiError> {
+    let anthropic_version = req
+        .headers()
+        .get("anthropic-version")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let body = read_body(req, st.max_body_bytes).await?;
+    let json: Value =
+        serde_json::from_slice(&body).map_err(|e| ApiError::InvalidJson(e.to_string()))?;
+    let Value::Object(map) = &json else {
+        return Err(ApiError::InvalidJson(
+            "the body must be a JSON object".into(),
+        ));
+    };
+    let (model_name, stream) = check_fields(map, endpoint)?;
+    if let Some(m) = meter.as_mut() {
+        m.set_requested_model(&model_name);
+        if let Some(Value::Object(meta)) = map.get("metadata") {
+            m.set_metadata(meta);
+        }
+    }
+    let model = catalog
+        .model(&model_name)
+        .ok_or_else(|| ApiError::ModelNotFound(model_name.clone()))?;
+    if !key.allows(&model.name) {
+        return Err(ApiError::ModelNotAllowed(model_name));
+    }
+    if let Some(m) = meter.as_mut() {
+        m.set_model(&model, stream);
+    }
+    let prompt_estimate = tokens::estimate_prompt(&json);
+    let admission = st
+        .limits
+        .acquire(&Ask {
+            key,
+            model: &model,
+            prompt_tokens: prompt_estimate,
+            max_completion_tokens: requested_completion(map),
+        })
+        .await?;
+    let rate_headers = admission.headers;
+    if let Some(m) = meter.as_mut() {
+        m.set_permit(admission.permit);
+    }
+
+    let call = Call {
+        model: &model,
+        endpoint,
+        body: &json,
+        stream,
+        request_id: rid,
+        anthropic_version: anthropic_version.as_deref(),
+    };
+    let fwd = match forward(st, &call, |d| {
+        if let Some(m) = meter.as_mut() {
+            m.set_deployment(d);
+        }
+    })
+    .await
+    {
+        Ok(f) => f,
+        Err((e, attempts)) => {
+            if let Some(m) = meter.take() {
+                m.finish(Outcome {
+                    status: e.status().as_u16(),
+                    error_type: Some(e.code().to_string()),
+                    attempts,
+                    ..Outcome::default()
+                });
+            }
+            return Err(e);
+        }
+    };
+    let status = fwd.response.status();
+    let content_type = fwd.response.headers().get(header::CONTENT_TYPE).cloned();
+    let is_sse = content_type
+        .as_ref()
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"));
+
+    if stream && status.is_success() && is_sse {
+        let Some(m) = meter.take() else {
+            return Err(ApiError::UpstreamUnavailable(
+                "internal: meter missing".into(),
+            ));
+        };
+        let stages = translate::stream_stages(fwd.route, &call, &fwd.deployment, &model.name);
+        let relay = MeteredSse::new(
+            fwd.response.bytes_stream(),
+            m,
+            RelayOptions {
+                format: stages.format,
+                pre: stages.pre,
+                post: stages.post,
+                hide_usage: stages.hide_usage,
+                rename_model: stages.rename_model,
+                prompt_estimate,
+                upstream_headers_us: fwd.headers_us,
+                attempts: fwd.attempts,
+            },
+        );
+        let mut resp = Response::new(Body::from_stream(relay));
+        let h = resp.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/event-stream"),
+        );
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        rate_headers.apply(h);
+        return Ok(resp);
+    }
+
+    let bytes = fwd
+        .response
+        .bytes()
+        .await
+        .map_err(crate::providers::openai::classify)?;
+    let upstream_latency_us = meter
+        .as_ref()
+        .map_or(0, |m| m.started().elapsed().as_micros() as i64);
+    let translated = translate::response_body(fwd.route, &call, status, &bytes, &model.name);
+    let tokens = if status.is_success() {
+        translate::usage_of(endpoint, &translated.body).unwrap_or_else(|| crate::usage::Tokens {
+            prompt: prompt_estimate,
+            completion: tokens::count(&translate::output_text(endpoint, &translated.body)),
+            cached: 0,
+            estimated: true,
+        })
+    } else {
+        crate::usage::Tokens::default()
+    };
+    let error_type = (!status.is_success()).then(|| format!("upstream_{}", status.as_u16()));
+    if let Some(m) = meter.take() {
+        m.finish(Outcome {
+            status: status.as_u16(),
+            error_type,
+            tokens,
+            ttft_us: None,
+            upstream_latency_us,
+            attempts: fwd.attempts,
+        });
+    }
+    let status = StatusCode::from_u16(status.as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+    let mut resp = (status, translated.bytes).into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        if translated.changed {
+            HeaderValue::from_static("application/json")
+        } else {
+            content_type.unwrap_or_else(|| HeaderValue::from_static("application/json"))
+        },
+    );
+    rate_headers.apply(resp.headers_mut());
+    Ok(resp)
+}
+
+/// The completion budget the client set (`max_completion_tokens`, else `max_tokens`).
+fn requested_completion(json: &Map<String, Value>) -> Option<i64> {
+    ["max_completion_tokens", "max_tokens"]
+        .iter()
+        .find_map(|f| json.get(*f).and_then(Value::as_u64))
+        .and_then(|v| i64::try_from(v).ok())
+}
+
+/// `GET /v1/models`: the models the calling key may use, in OpenAI's list format.
+pub async fn list_models(State(st): State<AppState>, req: Request) -> Response {
+    let rid = request_id(req.headers());
+    let catalog: Arc<Catalog> = st.catalog.borrow().clone();
+    let mut resp = match authenticate(&catalog, req.headers()) {
+        Ok(key) => {
+            let data: Vec<Value> = catalog
+                .model_names()
+                .into_iter()
+                .filter(|m| key.allows(m))
+                .map(|m| serde_json::json!({"id": m, "object": "model", "created": 0, "owned_by": "tollgate"}))
+                .collect();
+            axum::Json(serde_json::json!({"object": "list", "data": data})).into_response()
+        }
+        Err(e) => e.into_response(),
+    };
+    resp.headers_mut().insert("x-request-id", rid);
+    resp
+}

@@ -1,0 +1,322 @@
+//! Server-sent-event helpers: splitting a byte stream into events, inspecting events for
+//! metering (OpenAI chunks and Anthropic events), and rewriting the model name in place.
+
+use bytes::BytesMut;
+use serde::de::IgnoredAny;
+use serde::Deserialize;
+
+use crate::providers::openai::UsageJson;
+use crate::usage::Tokens;
+
+/// Splits bytes into complete SSE events (terminated by a blank line; `\n\n` or `\r\n\r\n`).
+#[derive(Debug, Default)]
+pub struct EventSplitter {
+    buf: BytesMut,
+}
+
+impl EventSplitter {
+    /// Add bytes; returns the complete events now available (each including its terminator).
+    pub fn push(&mut self, bytes: &[u8]) -> Vec<BytesMut> {
+        self.buf.extend_from_slice(bytes);
+        let mut out = Vec::new();
+        loop {
+            let lf = find(&self.buf, b"\n\n").map(|p| p + 2);
+            let crlf = find(&self.buf, b"\r\n\r\n").map(|p| p + 4);
+            let end = match (lf, crlf) {
+                (Some(a), Some(b)) => a.min(b),
+                (Some(a), None) | (None, Some(a)) => a,
+                (None, None) => break,
+            };
+            out.push(self.buf.split_to(end));
+        }
+        out
+    }
+
+    /// Whatever is left (an unterminated last event).
+    pub fn rest(&mut self) -> BytesMut {
+        self.buf.split()
+    }
+}
+
+/// Position of `needle` in `hay`.
+pub fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    if needle.is_empty() || hay.len() < needle.len() {
+        return None;
+    }
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// The `data:` payloads of an event, joined by `\n` as the SSE spec says.
+pub fn data_of(event: &[u8]) -> Option<Vec<u8>> {
+    let mut data: Option<Vec<u8>> = None;
+    for line in event.split(|b| *b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if let Some(rest) = line.strip_prefix(b"data:") {
+            let rest = rest.strip_prefix(b" ").unwrap_or(rest);
+            match data.as_mut() {
+                Some(d) => {
+                    d.push(b'\n');
+                    d.extend_from_slice(rest);
+                }
+                None => data = Some(rest.to_vec()),
+            }
+        }
+    }
+    data
+}
+
+/// What metering learned from one event.
+#[derive(Debug, Default, PartialEq)]
+pub struct EventInfo {
+    /// `[DONE]` (OpenAI) or `message_stop` (Anthropic).
+    pub done: bool,
+    /// Output text carried by the event (for TTFT and estimation).
+    pub text: String,
+    /// Whether the event carries output (text or tool-call arguments).
+    pub has_token: bool,
+    /// Usage reported by the event (Anthropic: cumulative parts, see [`AnthropicUsage`]).
+    pub usage: Option<Tokens>,
+    /// OpenAI: a usage-only chunk (`choices: []`).
+    pub usage_only: bool,
+}
+
+#[derive(Deserialize)]
+struct ChunkProbe {
+    #[serde(default)]
+    choices: Vec<ChoiceProbe>,
+    #[serde(default)]
+    usage: Option<UsageJson>,
+}
+
+#[derive(Deserialize)]
+struct ChoiceProbe {
+    #[serde(default)]
+    delta: Option<DeltaProbe>,
+    /// Legacy completions stream `text`.
+    #[serde(default)]
+    text: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct DeltaProbe {
+    #[serde(default)]
+    content: Option<String>,
+    #[serde(default)]
+    tool_calls: Option<IgnoredAny>,
+}
+
+/// Inspect an OpenAI chunk event.
+pub fn inspect_openai(event: &[u8]) -> EventInfo {
+    let mut info = EventInfo::default();
+    let Some(data) = data_of(event) else {
+        return info;
+    };
+    let data = data.trim_ascii();
+    if data == b"[DONE]" {
+        info.done = true;
+        return info;
+    }
+    let Ok(probe) = serde_json::from_slice::<ChunkProbe>(data) else {
+        return info;
+    };
+    for c in &probe.choices {
+        let text = c
+            .delta
+            .as_ref()
+            .and_then(|d| d.content.as_deref())
+            .or(c.text.as_deref())
+            .unwrap_or("");
+        info.text.push_str(text);
+        info.has_token |=
+            !text.is_empty() || c.delta.as_ref().is_some_and(|d| d.tool_calls.is_some());
+    }
+    if let Some(u) = probe.usage {
+        info.usage = Some(u.tokens());
+        info.usage_only = probe.choices.is_empty();
+    }
+    info
+}
+
+/// Usage fields of an Anthropic `usage` object.
+#[derive(Debug, Deserialize, Default, Clone, Copy)]
+pub struct AnthropicUsage {
+    /// Uncached input tokens.
+    #[serde(default)]
+    pub input_tokens: Option<i64>,
+    /// Output tokens (cumulative in `message_delta`).
+    #[serde(default)]
+    pub output_tokens: Option<i64>,
+    /// Input tokens read from the cache.
+    #[serde(default)]
+    pub cache_read_input_tokens: Option<i64>,
+    /// Input tokens written to the cache.
+    #[serde(default)]
+    pub cache_creation_input_tokens: Option<i64>,
+}
+
+impl AnthropicUsage {
+    /// As Tollgate counts them: prompt includes cached and cache-creation tokens.
+    pub fn tokens(&self) -> Tokens {
+        let cached = self.cache_read_input_tokens.unwrap_or(0);
+        Tokens {
+            prompt: self.input_tokens.unwrap_or(0)
+                + cached
+                + self.cache_creation_input_tokens.unwrap_or(0),
+            completion: self.output_tokens.unwrap_or(0),
+            cached,
+            estimated: false,
+        }
+    }
+
+    /// Merge a later report (message_delta) into an earlier one (message_start).
+    pub fn merge(&mut self, later: &AnthropicUsage) {
+        self.input_tokens = later.input_tokens.or(self.input_tokens);
+        self.output_tokens = later.output_tokens.or(self.output_tokens);
+        self.cache_read_input_tokens = later
+            .cache_read_input_tokens
+            .or(self.cache_read_input_tokens);
+        self.cache_creation_input_tokens = later
+            .cache_creation_input_tokens
+            .or(self.cache_creation_input_tokens);
+    }
+}
+
+#[derive(Deserialize)]
+struct AnthropicProbe {
+    #[serde(rename = "type", default)]
+    kind: String,
+    #[serde(default)]
+    message: Option<AnthropicMessageProbe>,
+    #[serde(default)]
+    delta: Option<AnthropicDeltaProbe>,
+    #[serde(default)]
+    usage: Option<AnthropicUsage>,
+}
+
+#[derive(Deserialize)]
+struct AnthropicMessageProbe {
+    #[serde(default)]
+    usage: Option<AnthropicUsage>,
+}
+
+#[derive(Deserialize)]
+struct AnthropicDeltaProbe {
+    #[serde(default)]
+    text: Option<String>,
+    #[serde(default)]
+    partial_json: Option<String>,
+}
+
+/// Inspect an Anthropic stream event; usage is returned raw for merging.
+pub fn inspect_anthropic(event: &[u8]) -> (EventInfo, Option<AnthropicUsage>) {
+    let mut info = EventInfo::default();
+    let Some(data) = data_of(event) else {
+        return (info, None);
+    };
+    let Ok(probe) = serde_json::from_slice::<AnthropicProbe>(data.trim_ascii()) else {
+        return (info, None);
+    };
+    let mut usage = None;
+    match probe.kind.as_str() {
+        "message_start" => usage = probe.message.and_then(|m| m.usage),
+        "content_block_delta" => {
+            if let Some(d) = probe.delta {
+                let text = d.text.unwrap_or_default();
+                info.has_token = !text.is_empty() || d.partial_json.is_some_and(|p| !p.is_empty());
+                info.text = text;
+            }
+        }
+        "message_delta" => usage = probe.usage,
+        "message_stop" => info.done = true,
+        _ => {}
+    }
+    (info, usage)
+}
+
+/// Replace `"model":"from"` (with or without a space after the colon) by `"model":"to"`.
+pub fn rewrite_model(event: &[u8], from: &str, to: &str) -> Option<Vec<u8>> {
+    for pattern in [
+        format!("\"model\":\"{from}\""),
+        format!("\"model\": \"{from}\""),
+    ] {
+        if let Some(pos) = find(event, pattern.as_bytes()) {
+            let mut out = Vec::with_capacity(event.len() + to.len());
+            out.extend_from_slice(&event[..pos]);
+            out.extend_from_slice(format!("\"model\":\"{to}\"").as_bytes());
+            out.extend_from_slice(&event[pos + pattern.len()..]);
+            return Some(out);
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_events_across_chunks() {
+        let mut s = EventSplitter::default();
+        assert!(s.push(b"data: {\"a\":1}\n").is_empty());
+        let ev = s.push(b"\ndata: [DO");
+        assert_eq!(ev.len(), 1);
+        assert_eq!(&ev[0][..], b"data: {\"a\":1}\n\n");
+        let ev = s.push(b"NE]\r\n\r\n");
+        assert_eq!(&ev[0][..], b"data: [DONE]\r\n\r\n");
+    }
+
+    #[test]
+    fn inspects_openai_chunks() {
+        let token = b"data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\" hi\"}}]}\n\n";
+        let info = inspect_openai(token);
+        assert!(info.has_token);
+        assert_eq!(info.text, " hi");
+        let role = b"data: {\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"}}]}\n\n";
+        assert!(!inspect_openai(role).has_token);
+        let usage =
+            b"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":2}}\n\n";
+        let info = inspect_openai(usage);
+        assert!(info.usage_only);
+        assert_eq!(info.usage.unwrap().completion, 2);
+        assert!(inspect_openai(b"data: [DONE]\n\n").done);
+        assert_eq!(inspect_openai(b": keep-alive\n\n"), EventInfo::default());
+        let legacy = b"data: {\"choices\":[{\"text\":\"abc\",\"index\":0}]}\n\n";
+        assert!(inspect_openai(legacy).has_token);
+    }
+
+    #[test]
+    fn inspects_anthropic_events() {
+        let start = b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":10,\"cache_read_input_tokens\":4,\"output_tokens\":1}}}\n\n";
+        let (_, u) = inspect_anthropic(start);
+        let mut u = u.unwrap();
+        let delta = b"event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Hi\"}}\n\n";
+        assert!(inspect_anthropic(delta).0.has_token);
+        let md = b"event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":7}}\n\n";
+        u.merge(&inspect_anthropic(md).1.unwrap());
+        assert_eq!(
+            u.tokens(),
+            Tokens {
+                prompt: 14,
+                completion: 7,
+                cached: 4,
+                estimated: false
+            }
+        );
+        assert!(
+            inspect_anthropic(b"event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n")
+                .0
+                .done
+        );
+    }
+
+    #[test]
+    fn rewrites_model_names() {
+        let ev = b"data: {\"id\":\"x\",\"model\":\"up-1\",\"choices\":[]}\n\n";
+        let out = rewrite_model(ev, "up-1", "public").unwrap();
+        assert_eq!(
+            out,
+            b"data: {\"id\":\"x\",\"model\":\"public\",\"choices\":[]}\n\n"
+        );
+        assert!(rewrite_model(ev, "other", "public").is_none());
+    }
+}

@@ -1,0 +1,292 @@
+//! Bodies in the right wire format for each route (see [`Route`]): upstream request bodies,
+//! client response bodies, stream stages, and usage read from either format.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use serde_json::{Map, Value};
+
+use super::error::ApiError;
+use super::forward::Call;
+use super::sse::AnthropicUsage;
+use super::stream::{MeterFormat, SseTransform};
+use crate::entities::Provider;
+use crate::providers::anthropic::{
+    self, AnthropicToOpenAiStream, OpenAiToAnthropicStream, TranslateError,
+};
+use crate::providers::openai::UsageJson;
+use crate::providers::{Endpoint, Route};
+use crate::routing::Deployment;
+use crate::usage::Tokens;
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn bad_request(e: TranslateError) -> ApiError {
+    ApiError::InvalidRequest {
+        message: e.to_string(),
+        param: None,
+    }
+}
+
+/// Whether an OpenAI client asked for the usage chunk.
+pub fn client_wants_usage(body: &Value) -> bool {
+    body.pointer("/stream_options/include_usage") == Some(&Value::Bool(true))
+}
+
+fn ask_for_usage(obj: &mut Map<String, Value>) {
+    let opts = obj
+        .entry("stream_options")
+        .or_insert_with(|| Value::Object(Map::new()));
+    if let Value::Object(o) = opts {
+        o.insert("include_usage".into(), Value::Bool(true));
+    }
+}
+
+/// The upstream request body for `deployment`.
+pub fn request_body(
+    route: Route,
+    call: &Call<'_>,
+    deployment: &Deployment,
+) -> Result<Bytes, ApiError> {
+    let mut body = match route {
+        Route::Passthrough => call.body.clone(),
+        Route::ChatToAnthropic => {
+            anthropic::openai_to_anthropic_request(call.body).map_err(bad_request)?
+        }
+        Route::MessagesToOpenai => {
+            anthropic::anthropic_to_openai_request(call.body).map_err(bad_request)?
+        }
+    };
+    if let Value::Object(obj) = &mut body {
+        obj.insert(
+            "model".into(),
+            Value::String(deployment.upstream_model.clone()),
+        );
+        let openai_upstream = deployment.provider != Provider::Anthropic;
+        let streams = matches!(
+            call.endpoint,
+            Endpoint::ChatCompletions | Endpoint::Completions | Endpoint::Messages
+        );
+        if call.stream && openai_upstream && streams {
+            ask_for_usage(obj);
+        }
+    }
+    serde_json::to_vec(&body)
+        .map(Bytes::from)
+        .map_err(|e| ApiError::InvalidJson(e.to_string()))
+}
+
+struct Upstream<T>(T);
+
+impl SseTransform for Upstream<AnthropicToOpenAiStream> {
+    fn push(&mut self, input: &[u8]) -> Vec<u8> {
+        match self.0.feed(input) {
+            Ok(b) => b.to_vec(),
+            Err(e) => {
+                tracing::warn!(error = %e, "untranslatable Anthropic stream event skipped");
+                Vec::new()
+            }
+        }
+    }
+    fn finish(&mut self) -> Vec<u8> {
+        self.0.finish().map(|b| b.to_vec()).unwrap_or_default()
+    }
+}
+
+impl SseTransform for Upstream<OpenAiToAnthropicStream> {
+    fn push(&mut self, input: &[u8]) -> Vec<u8> {
+        match self.0.feed(input) {
+            Ok(b) => b.to_vec(),
+            Err(e) => {
+                tracing::warn!(error = %e, "untranslatable OpenAI stream chunk skipped");
+                Vec::new()
+            }
+        }
+    }
+    fn finish(&mut self) -> Vec<u8> {
+        self.0.finish().map(|b| b.to_vec()).unwrap_or_default()
+    }
+}
+
+/// How a stream is relayed.
+pub struct StreamStages {
+    /// Format metered.
+    pub format: MeterFormat,
+    /// Translation of upstream bytes.
+    pub pre: Option<Box<dyn SseTransform>>,
+    /// Translation into the client's format.
+    pub post: Option<Box<dyn SseTransform>>,
+    /// Drop the usage chunk the client did not ask for.
+    pub hide_usage: bool,
+    /// Upstream → public model name.
+    pub rename_model: Option<(String, String)>,
+}
+
+/// Stages for a stream on `route`.
+pub fn stream_stages(
+    route: Route,
+    call: &Call<'_>,
+    deployment: &Deployment,
+    public: &str,
+) -> StreamStages {
+    let rename = (deployment.upstream_model != public)
+        .then(|| (deployment.upstream_model.clone(), public.to_string()));
+    match route {
+        Route::Passthrough if call.endpoint.anthropic_client() => StreamStages {
+            format: MeterFormat::Anthropic,
+            pre: None,
+            post: None,
+            hide_usage: false,
+            rename_model: rename,
+        },
+        Route::Passthrough => StreamStages {
+            format: MeterFormat::Openai,
+            pre: None,
+            post: None,
+            hide_usage: !client_wants_usage(call.body),
+            rename_model: rename,
+        },
+        Route::ChatToAnthropic => StreamStages {
+            format: MeterFormat::Openai,
+            pre: Some(Box::new(Upstream(AnthropicToOpenAiStream::new(
+                public,
+                now_secs(),
+                true,
+            )))),
+            post: None,
+            hide_usage: !client_wants_usage(call.body),
+            rename_model: None,
+        },
+        Route::MessagesToOpenai => StreamStages {
+            format: MeterFormat::Openai,
+            pre: None,
+            post: Some(Box::new(Upstream(OpenAiToAnthropicStream::new(public)))),
+            hide_usage: false,
+            rename_model: None,
+        },
+    }
+}
+
+/// A response body for the client.
+#[derive(Debug)]
+pub struct Translated {
+    /// Bytes to send.
+    pub bytes: Bytes,
+    /// Parsed client-format JSON (`Null` when not JSON).
+    pub body: Value,
+    /// Whether the bytes differ from the upstream's (content type becomes JSON).
+    pub changed: bool,
+}
+
+/// Translate (or pass through, renaming the model) a non-streamed upstream response.
+pub fn response_body(
+    route: Route,
+    call: &Call<'_>,
+    status: reqwest::StatusCode,
+    bytes: &Bytes,
+    public: &str,
+) -> Translated {
+    let unchanged = |body: Value| Translated {
+        bytes: bytes.clone(),
+        body,
+        changed: false,
+    };
+    let parsed: Option<Value> = serde_json::from_slice(bytes).ok();
+    let to_client = |v: Value| Translated {
+        bytes: Bytes::from(serde_json::to_vec(&v).unwrap_or_default()),
+        body: v,
+        changed: true,
+    };
+    if !status.is_success() {
+        return match route {
+            Route::Passthrough => unchanged(parsed.unwrap_or(Value::Null)),
+            Route::ChatToAnthropic => {
+                to_client(anthropic::anthropic_error_to_openai(status.as_u16(), bytes).body)
+            }
+            Route::MessagesToOpenai => {
+                to_client(anthropic::openai_error_to_anthropic(status.as_u16(), bytes).body)
+            }
+        };
+    }
+    let Some(mut v) = parsed else {
+        return unchanged(Value::Null);
+    };
+    let translated = match route {
+        Route::Passthrough => {
+            if let Some(m) = v.get_mut("model") {
+                *m = Value::String(public.to_string());
+                Ok(v)
+            } else {
+                return unchanged(v);
+            }
+        }
+        Route::ChatToAnthropic => anthropic::anthropic_to_openai_response(&v, public, now_secs()),
+        Route::MessagesToOpenai => anthropic::openai_to_anthropic_response(&v, public),
+    };
+    match translated {
+        Ok(v) => to_client(v),
+        Err(e) => {
+            tracing::warn!(error = %e, endpoint = call.endpoint.as_str(), "untranslatable upstream response");
+            let err = ApiError::UpstreamUnavailable(format!("untranslatable response: {e}"));
+            let body = if call.endpoint.anthropic_client() {
+                err.anthropic_body()
+            } else {
+                err.body()
+            };
+            to_client(body)
+        }
+    }
+}
+
+/// Usage in a client-format response body.
+pub fn usage_of(endpoint: Endpoint, body: &Value) -> Option<Tokens> {
+    let usage = body.get("usage")?;
+    if endpoint.anthropic_client() {
+        serde_json::from_value::<AnthropicUsage>(usage.clone())
+            .ok()
+            .map(|u| u.tokens())
+    } else {
+        serde_json::from_value::<UsageJson>(usage.clone())
+            .ok()
+            .map(|u| u.tokens())
+    }
+}
+
+/// Output text of a client-format response body (for estimation).
+pub fn output_text(endpoint: Endpoint, body: &Value) -> String {
+    let mut out = String::new();
+    if endpoint.anthropic_client() {
+        for block in body
+            .get("content")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            out.push_str(block.get("text").and_then(Value::as_str).unwrap_or(""));
+        }
+    } else {
+        for c in body
+            .get("choices")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let text = c.pointer("/message/content").or_else(|| c.get("text"));
+            out.push_str(text.and_then(Value::as_str).unwrap_or(""));
+        }
+    }
+    out
+}
+
+impl std::fmt::Debug for StreamStages {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamStages")
+            .field("format", &self.format)
+            .finish_non_exhaustive()
+    }
+}

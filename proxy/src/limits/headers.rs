@@ -1,0 +1,209 @@
+//! `x-ratelimit-*` response headers: the strictest applicable limit of the key and the model.
+
+use axum::http::{HeaderMap, HeaderName, HeaderValue};
+
+use crate::entities::RateLimit;
+
+/// Usage counted for one entity after a decision (including the request when admitted).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Requests in the minute window.
+    pub minute_requests: i64,
+    /// Requests in the day window.
+    pub day_requests: i64,
+    /// Tokens in the minute window.
+    pub minute_tokens: i64,
+    /// Tokens in the day window.
+    pub day_tokens: i64,
+    /// Time until the minute window's oldest usage leaves it, ms.
+    pub minute_reset_ms: i64,
+    /// Time until the day window's oldest usage leaves it, ms.
+    pub day_reset_ms: i64,
+    /// Requests in flight (concurrency leases).
+    pub in_flight: i64,
+}
+
+/// One limit as headers show it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quota {
+    /// Configured limit.
+    pub limit: u64,
+    /// What is left in the window.
+    pub remaining: u64,
+    /// Time until capacity is freed, ms.
+    pub reset_ms: u64,
+}
+
+impl Quota {
+    fn new(limit: u64, used: i64, reset_ms: i64) -> Self {
+        Self {
+            limit,
+            remaining: limit.saturating_sub(u64::try_from(used).unwrap_or(0)),
+            reset_ms: u64::try_from(reset_ms).unwrap_or(0),
+        }
+    }
+
+    /// Whether `self` is stricter than `other`: less remaining, then a lower limit.
+    fn stricter(&self, other: &Self) -> bool {
+        (self.remaining, self.limit) < (other.remaining, other.limit)
+    }
+}
+
+/// The limits reported on a response.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RateHeaders {
+    /// Strictest of rpm / rpd.
+    pub requests: Option<Quota>,
+    /// Strictest of tpm / tpd.
+    pub tokens: Option<Quota>,
+    /// Concurrency: (limit, remaining).
+    pub concurrent: Option<(u64, u64)>,
+}
+
+fn pick(a: Option<Quota>, b: Option<Quota>) -> Option<Quota> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(if b.stricter(&a) { b } else { a }),
+        (a, b) => a.or(b),
+    }
+}
+
+impl RateHeaders {
+    /// The headers of one entity's limits given its usage.
+    pub fn of(limit: &RateLimit, u: &Usage) -> Self {
+        let q = |l: Option<u64>, used: i64, reset: i64| l.map(|l| Quota::new(l, used, reset));
+        Self {
+            requests: pick(
+                q(limit.rpm, u.minute_requests, u.minute_reset_ms),
+                q(limit.rpd, u.day_requests, u.day_reset_ms),
+            ),
+            tokens: pick(
+                q(limit.tpm, u.minute_tokens, u.minute_reset_ms),
+                q(limit.tpd, u.day_tokens, u.day_reset_ms),
+            ),
+            concurrent: limit.concurrency.map(|c| {
+                let used = u64::try_from(u.in_flight).unwrap_or(0);
+                (c, c.saturating_sub(used))
+            }),
+        }
+    }
+
+    /// Keep the strictest of `self` and `other` per header group.
+    pub fn merge(&mut self, other: &Self) {
+        self.requests = pick(self.requests, other.requests);
+        self.tokens = pick(self.tokens, other.tokens);
+        self.concurrent = match (self.concurrent, other.concurrent) {
+            (Some(a), Some(b)) => Some(if (b.1, b.0) < (a.1, a.0) { b } else { a }),
+            (a, b) => a.or(b),
+        };
+    }
+
+    /// Whether there is nothing to report.
+    pub fn is_empty(&self) -> bool {
+        self.requests.is_none() && self.tokens.is_none() && self.concurrent.is_none()
+    }
+
+    /// Write the headers.
+    pub fn apply(&self, h: &mut HeaderMap) {
+        let mut set = |name: &'static str, v: String| {
+            if let Ok(v) = HeaderValue::from_str(&v) {
+                h.insert(HeaderName::from_static(name), v);
+            }
+        };
+        if let Some(q) = self.requests {
+            set("x-ratelimit-limit-requests", q.limit.to_string());
+            set("x-ratelimit-remaining-requests", q.remaining.to_string());
+            set("x-ratelimit-reset-requests", human(q.reset_ms));
+        }
+        if let Some(q) = self.tokens {
+            set("x-ratelimit-limit-tokens", q.limit.to_string());
+            set("x-ratelimit-remaining-tokens", q.remaining.to_string());
+            set("x-ratelimit-reset-tokens", human(q.reset_ms));
+        }
+        if let Some((limit, remaining)) = self.concurrent {
+            set("x-ratelimit-limit-concurrent", limit.to_string());
+            set("x-ratelimit-remaining-concurrent", remaining.to_string());
+        }
+    }
+}
+
+/// A duration as OpenAI writes it: `250ms`, `55s`, `6m0s`, `23h59m0s`.
+pub fn human(ms: u64) -> String {
+    if ms < 1_000 {
+        return format!("{ms}ms");
+    }
+    let secs = ms.div_ceil(1_000);
+    let (h, m, s) = (secs / 3_600, secs / 60 % 60, secs % 60);
+    match (h, m) {
+        (0, 0) => format!("{s}s"),
+        (0, m) => format!("{m}m{s}s"),
+        (h, m) => format!("{h}h{m}m{s}s"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_like_openai() {
+        assert_eq!(human(0), "0ms");
+        assert_eq!(human(999), "999ms");
+        assert_eq!(human(1_000), "1s");
+        assert_eq!(human(54_001), "55s");
+        assert_eq!(human(360_000), "6m0s");
+        assert_eq!(human(86_400_000), "24h0m0s");
+    }
+
+    #[test]
+    fn strictest_limit_wins_across_windows_and_entities() {
+        let key = RateLimit {
+            rpm: Some(100),
+            rpd: Some(1_000),
+            concurrency: Some(5),
+            ..RateLimit::default()
+        };
+        let usage = Usage {
+            minute_requests: 10,
+            day_requests: 995,
+            minute_reset_ms: 50_000,
+            day_reset_ms: 3_600_000,
+            in_flight: 2,
+            ..Usage::default()
+        };
+        let mut h = RateHeaders::of(&key, &usage);
+        assert_eq!(
+            h.requests,
+            Some(Quota {
+                limit: 1_000,
+                remaining: 5,
+                reset_ms: 3_600_000
+            })
+        );
+        assert_eq!(h.concurrent, Some((5, 3)));
+        let model = RateLimit {
+            rpm: Some(3),
+            tpm: Some(500),
+            concurrency: Some(10),
+            ..RateLimit::default()
+        };
+        let mu = Usage {
+            minute_requests: 1,
+            minute_tokens: 100,
+            minute_reset_ms: 59_000,
+            in_flight: 1,
+            ..Usage::default()
+        };
+        h.merge(&RateHeaders::of(&model, &mu));
+        assert_eq!(h.requests.map(|q| (q.limit, q.remaining)), Some((3, 2)));
+        assert_eq!(h.tokens.map(|q| (q.limit, q.remaining)), Some((500, 400)));
+        assert_eq!(h.concurrent, Some((5, 3)));
+        let mut map = HeaderMap::new();
+        h.apply(&mut map);
+        assert_eq!(map["x-ratelimit-limit-requests"], "3");
+        assert_eq!(map["x-ratelimit-remaining-requests"], "2");
+        assert_eq!(map["x-ratelimit-reset-requests"], "59s");
+        assert_eq!(map["x-ratelimit-remaining-tokens"], "400");
+        assert_eq!(map["x-ratelimit-limit-concurrent"], "5");
+        assert_eq!(map["x-ratelimit-remaining-concurrent"], "3");
+    }
+}

@@ -1,0 +1,340 @@
+//! Redis backend: one `EVALSHA` of `acquire.lua` per limited entity, all of a request's
+//! entities pipelined in one round trip; settlement and refunds are sent in the background.
+//! Scripts take the time from Redis (`TIME`), so proxies' clocks do not matter.
+
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{ErrorKind, Script, ServerErrorKind};
+use tollgate_schemas::redis_keys::{self, LimitKeys};
+
+use super::decision::{Checked, Metric, Target};
+use super::headers::Usage;
+use super::lease::Leases;
+use super::local::{now_ms, Adjust};
+use super::window::{DAY, MINUTE};
+
+static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(concat!(
+        include_str!("lua/window.lua"),
+        include_str!("lua/acquire.lua")
+    ))
+});
+static SETTLE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(concat!(
+        include_str!("lua/window.lua"),
+        include_str!("lua/settle.lua")
+    ))
+});
+static RENEW: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(concat!(
+        include_str!("lua/window.lua"),
+        include_str!("lua/renew.lua")
+    ))
+});
+
+/// How long the request path skips Redis after a failure before probing it again, ms.
+const BREAKER_MS: i64 = 1_000;
+/// Most lease ids per renew call.
+const RENEW_CHUNK: usize = 500;
+
+/// A failed call to Redis.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreFailure {
+    /// Redis answered with an error or the connection failed.
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    /// No answer in time.
+    #[error("redis did not answer within {0:?}")]
+    Timeout(Duration),
+    /// The answer had an unexpected shape.
+    #[error("unexpected reply from the rate-limit script")]
+    Reply,
+}
+
+/// The shared-counter backend.
+pub struct RedisLimiter {
+    conn: ConnectionManager,
+    prefix: Arc<str>,
+    lease_ms: i64,
+    timeout: Duration,
+    down_until: AtomicI64,
+    down: AtomicBool,
+    leases: Leases,
+}
+
+impl std::fmt::Debug for RedisLimiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisLimiter")
+            .field("prefix", &self.prefix)
+            .field("lease_ms", &self.lease_ms)
+            .finish_non_exhaustive()
+    }
+}
+
+fn is_noscript(e: &redis::RedisError) -> bool {
+    e.kind() == ErrorKind::Server(ServerErrorKind::NoScript)
+}
+
+impl RedisLimiter {
+    /// A limiter on `url` (connects lazily and reconnects by itself).
+    pub fn new(
+        url: &str,
+        prefix: &str,
+        lease_ms: i64,
+        timeout: Duration,
+    ) -> Result<Self, redis::RedisError> {
+        let client = redis::Client::open(url)?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(timeout.max(Duration::from_millis(200))))
+            .set_response_timeout(Some(timeout))
+            .set_number_of_retries(1)
+            .set_min_delay(Duration::from_millis(50))
+            .set_max_delay(Duration::from_millis(500));
+        let conn = ConnectionManager::new_lazy_with_config(client, config)?;
+        Ok(Self {
+            conn,
+            prefix: prefix.into(),
+            lease_ms,
+            timeout,
+            down_until: AtomicI64::new(0),
+            down: AtomicBool::new(false),
+            leases: Leases::default(),
+        })
+    }
+
+    /// Lease lifetime, ms.
+    pub fn lease_ms(&self) -> i64 {
+        self.lease_ms
+    }
+
+    /// Leases this process holds.
+    pub fn leases(&self) -> &Leases {
+        &self.leases
+    }
+
+    /// Whether the request path should try Redis (no failure in the last second).
+    pub fn available(&self) -> bool {
+        now_ms() >= self.down_until.load(Ordering::Relaxed)
+    }
+
+    /// Record a failure: skip Redis for a moment. Returns true if Redis was considered up.
+    pub fn trip(&self) -> bool {
+        self.down_until
+            .store(now_ms() + BREAKER_MS, Ordering::Relaxed);
+        !self.down.swap(true, Ordering::Relaxed)
+    }
+
+    /// Record a success. Returns true if Redis was considered down.
+    pub fn recovered(&self) -> bool {
+        self.down.load(Ordering::Relaxed) && self.down.swap(false, Ordering::Relaxed)
+    }
+
+    fn keys(&self, t: &Target) -> LimitKeys {
+        redis_keys::limit_keys(&self.prefix, t.entity, &t.id)
+    }
+
+    async fn bounded<T>(
+        &self,
+        fut: impl std::future::Future<Output = Result<T, StoreFailure>>,
+    ) -> Result<T, StoreFailure> {
+        tokio::time::timeout(self.timeout, fut)
+            .await
+            .unwrap_or(Err(StoreFailure::Timeout(self.timeout)))
+    }
+
+    /// Run a pipeline of script calls, loading the scripts once if Redis lost them.
+    async fn run<T: redis::FromRedisValue>(
+        &self,
+        pipe: &redis::Pipeline,
+    ) -> Result<T, StoreFailure> {
+        let mut conn = self.conn.clone();
+        match pipe.query_async(&mut conn).await {
+            Err(e) if is_noscript(&e) => {
+                let mut load = redis::pipe();
+                for s in [&*ACQUIRE, &*SETTLE, &*RENEW] {
+                    load.load_script(s).ignore();
+                }
+                load.query_async::<()>(&mut conn).await?;
+                Ok(pipe.query_async(&mut conn).await?)
+            }
+            r => Ok(r?),
+        }
+    }
+
+    /// Check and count every target in one round trip. Each admitted target's lease is
+    /// remembered for renewal.
+    pub async fn acquire(
+        &self,
+        targets: &[Target],
+        lease: Option<&Arc<str>>,
+    ) -> Result<Vec<Checked>, StoreFailure> {
+        let keys: Vec<LimitKeys> = targets.iter().map(|t| self.keys(t)).collect();
+        let lease_id: &str = lease.map_or("", |l| l);
+        let invocations: Vec<_> = targets
+            .iter()
+            .zip(&keys)
+            .map(|(t, k)| {
+                let l = &t.limit;
+                let mut inv = ACQUIRE.prepare_invoke();
+                inv.key(&k.minute).key(&k.day).key(&k.leases);
+                for v in [l.rpm, l.rpd, l.tpm, l.tpd, l.concurrency] {
+                    inv.arg(v.unwrap_or(0));
+                }
+                inv.arg(t.reserve)
+                    .arg(lease_id)
+                    .arg(self.lease_ms)
+                    .arg(MINUTE.bucket_ms)
+                    .arg(MINUTE.buckets)
+                    .arg(DAY.bucket_ms)
+                    .arg(DAY.buckets);
+                inv
+            })
+            .collect();
+        let mut pipe = redis::pipe();
+        for inv in &invocations {
+            pipe.invoke_script(inv);
+        }
+        let rows: Vec<Vec<i64>> = self.bounded(self.run(&pipe)).await?;
+        if rows.len() != targets.len() {
+            return Err(StoreFailure::Reply);
+        }
+        let mut out = Vec::with_capacity(rows.len());
+        for ((row, t), k) in rows.iter().zip(targets).zip(&keys) {
+            let checked = parse(row)?;
+            if let (None, Some(id), true) = (checked.denied, lease, t.leases()) {
+                self.leases.hold(&k.leases, id);
+            }
+            out.push(checked);
+        }
+        Ok(out)
+    }
+
+    /// Send corrections in the background (never awaited by a client).
+    pub fn apply(self: &Arc<Self>, adjustments: Vec<Adjust>, lease: Option<Arc<str>>) {
+        if let Some(id) = &lease {
+            for a in adjustments
+                .iter()
+                .filter(|a| a.release && a.target.leases())
+            {
+                self.leases.release(&self.keys(&a.target).leases, id);
+            }
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let me = self.clone();
+        rt.spawn(async move {
+            if let Err(e) = me.bounded(me.apply_now(&adjustments, lease.as_deref())).await {
+                metrics::counter!(tollgate_schemas::telemetry::RATELIMIT_BACKEND_ERRORS, "op" => "settle")
+                    .increment(1);
+                tracing::debug!(error = %e, "rate-limit settlement failed");
+            }
+        });
+    }
+
+    async fn apply_now(
+        &self,
+        adjustments: &[Adjust],
+        lease: Option<&str>,
+    ) -> Result<(), StoreFailure> {
+        let keys: Vec<LimitKeys> = adjustments.iter().map(|a| self.keys(&a.target)).collect();
+        let invocations: Vec<_> = adjustments
+            .iter()
+            .zip(&keys)
+            .map(|(a, k)| {
+                let t = &a.target;
+                let bucket = |used: bool, b: i64| if used { b.to_string() } else { String::new() };
+                let lease_id = match (a.release && t.leases(), lease) {
+                    (true, Some(id)) => id,
+                    _ => "",
+                };
+                let mut inv = SETTLE.prepare_invoke();
+                inv.key(&k.minute)
+                    .key(&k.day)
+                    .key(&k.leases)
+                    .arg(bucket(t.uses_minute(), a.minute_bucket))
+                    .arg(bucket(t.uses_day(), a.day_bucket))
+                    .arg(a.requests)
+                    .arg(a.tokens)
+                    .arg(lease_id)
+                    .arg(MINUTE.bucket_ms)
+                    .arg(MINUTE.buckets)
+                    .arg(DAY.bucket_ms)
+                    .arg(DAY.buckets);
+                inv
+            })
+            .collect();
+        let mut pipe = redis::pipe();
+        for inv in &invocations {
+            pipe.invoke_script(inv).ignore();
+        }
+        self.run::<()>(&pipe).await
+    }
+
+    /// Extend every lease this process holds (one round trip).
+    pub async fn renew(&self) -> Result<(), StoreFailure> {
+        let held = self.leases.snapshot();
+        if held.is_empty() {
+            return Ok(());
+        }
+        let mut invocations = Vec::new();
+        for (key, ids) in &held {
+            for chunk in ids.chunks(RENEW_CHUNK) {
+                let mut inv = RENEW.prepare_invoke();
+                inv.key(key).arg(self.lease_ms);
+                for id in chunk {
+                    inv.arg(&**id);
+                }
+                invocations.push(inv);
+            }
+        }
+        let mut pipe = redis::pipe();
+        for inv in &invocations {
+            pipe.invoke_script(inv).ignore();
+        }
+        self.bounded(self.run::<()>(&pipe)).await
+    }
+}
+
+fn parse(row: &[i64]) -> Result<Checked, StoreFailure> {
+    let [admitted, metric, retry_ms, minute_bucket, day_bucket, mr, dr, mt, dt, mreset, dreset, in_flight] =
+        <[i64; 12]>::try_from(row).map_err(|_| StoreFailure::Reply)?;
+    let denied = if admitted == 1 {
+        None
+    } else {
+        Some(Metric::from_code(metric).ok_or(StoreFailure::Reply)?)
+    };
+    Ok(Checked {
+        denied,
+        retry_ms,
+        usage: Usage {
+            minute_requests: mr,
+            day_requests: dr,
+            minute_tokens: mt,
+            day_tokens: dt,
+            minute_reset_ms: mreset,
+            day_reset_ms: dreset,
+            in_flight,
+        },
+        minute_bucket,
+        day_bucket,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn script_replies_parse() {
+        let c = parse(&[0, 5, 1000, 1, 2, 3, 4, 5, 6, 7, 8, 9]).unwrap();
+        assert_eq!(c.denied, Some(Metric::Concurrency));
+        assert_eq!(c.usage.in_flight, 9);
+        assert_eq!(c.day_bucket, 2);
+        assert!(parse(&[1, 0, 0]).is_err());
+        assert!(parse(&[0, 9, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]).is_err());
+    }
+}

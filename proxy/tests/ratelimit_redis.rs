@@ -1,0 +1,273 @@
+//! The Redis rate-limit backend on the shared local Redis (unique key prefix per test): window
+//! counting, settlement, refunds across entities, leases and their expiry.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use redis::AsyncCommands;
+use tollgate_proxy::limits::{Ask, LimitError, Limiter, LimitsConfig, Metric};
+use tollgate_proxy::routing::Catalog;
+use tollgate_proxy::usage::Tokens;
+use tollgate_proxy::ProxyConfig;
+use tollgate_schemas::redis_keys::{limit_keys, LimitEntity};
+
+fn redis_url() -> String {
+    std::env::var("TOLLGATE_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+fn unique(prefix: &str) -> String {
+    let id = uuid::Uuid::now_v7().simple().to_string();
+    format!("{prefix}_{}", &id[id.len() - 12..])
+}
+
+/// A catalog with one key and one model carrying the given `rate_limit` YAML (or none).
+fn catalog(key_limit: &str, model_limit: &str) -> Arc<Catalog> {
+    let rl = |l: &str| {
+        if l.is_empty() {
+            String::new()
+        } else {
+            format!(", rate_limit: {l}")
+        }
+    };
+    let yaml = format!(
+        "models:\n  - {{name: m, base_url: 'http://127.0.0.1:9/v1'{}}}\napi_keys:\n  - {{id: k, secret: sk-limits-1234, account_id: a{}}}\nkafka: {{brokers: 'x:1'}}\n",
+        rl(model_limit),
+        rl(key_limit)
+    );
+    let cfg = ProxyConfig::from_yaml(&yaml, "t").unwrap();
+    cfg.validate().unwrap();
+    Arc::new(Catalog::build(
+        &cfg.models,
+        &cfg.api_keys,
+        &cfg.accounts,
+        0,
+        |_| None,
+    ))
+}
+
+fn limiter(prefix: &str, lease_secs: u64) -> Limiter {
+    let cfg: LimitsConfig = serde_yaml::from_str(&format!(
+        "{{backend: redis, redis_url: '{}', prefix: {prefix}, lease_secs: {lease_secs}, timeout_ms: 2000}}",
+        redis_url()
+    ))
+    .unwrap();
+    Limiter::start(&cfg, None).unwrap()
+}
+
+async fn ask(
+    l: &Limiter,
+    cat: &Catalog,
+    prompt: i64,
+    max: Option<i64>,
+) -> Result<tollgate_proxy::limits::Admission, LimitError> {
+    let key = cat.key_for_secret("sk-limits-1234").unwrap();
+    let model = cat.model("m").unwrap();
+    l.acquire(&Ask {
+        key: &key,
+        model: &model,
+        prompt_tokens: prompt,
+        max_completion_tokens: max,
+    })
+    .await
+}
+
+fn denial(
+    r: Result<tollgate_proxy::limits::Admission, LimitError>,
+) -> tollgate_proxy::limits::Denial {
+    match r {
+        Err(LimitError::Denied(d)) => *d,
+        other => panic!("expected a denial, got {other:?}"),
+    }
+}
+
+async fn wait_until(what: &str, timeout: Duration, mut f: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn requests_are_counted_once_and_refused_with_retry_after() {
+    let prefix = unique("rl");
+    let l = limiter(&prefix, 30);
+    let cat = catalog("{rpm: 5, rpd: 7}", "");
+    for i in 0..5 {
+        let a = ask(&l, &cat, 10, None).await.unwrap();
+        let q = a.headers.requests.unwrap();
+        assert_eq!((q.limit, q.remaining), (5, 4 - i), "request {i}");
+        assert!(q.reset_ms > 58_000 && q.reset_ms <= 61_000, "{q:?}");
+        drop(a.permit);
+    }
+    let d = denial(ask(&l, &cat, 10, None).await);
+    assert_eq!(d.metric, Metric::Rpm);
+    assert_eq!(d.entity, "API key ID: k");
+    assert_eq!((d.limit, d.remaining), (5, 0));
+    assert!(
+        d.retry_after_ms > 58_000 && d.retry_after_ms <= 61_000,
+        "{}",
+        d.retry_after_ms
+    );
+    let mut conn = redis::Client::open(redis_url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let keys = limit_keys(&prefix, LimitEntity::Key, "k");
+    let total: i64 = conn.hget(&keys.minute, "R").await.unwrap();
+    assert_eq!(total, 5, "refused requests are not counted");
+    let ttl: i64 = conn.pttl(&keys.day).await.unwrap();
+    assert!(ttl > 86_000_000, "day window expires after a day: {ttl}");
+    l.shutdown();
+}
+
+#[tokio::test]
+async fn tokens_are_reserved_then_settled_with_real_usage() {
+    let prefix = unique("rl");
+    let l = limiter(&prefix, 30);
+    let cat = catalog("", "{tpm: 1000, tokens: total}");
+    let a = ask(&l, &cat, 100, Some(700)).await.unwrap();
+    assert_eq!(a.headers.tokens.unwrap().remaining, 200, "800 reserved");
+    let d = denial(ask(&l, &cat, 100, Some(200)).await);
+    assert_eq!(d.metric, Metric::Tpm);
+    assert_eq!(d.entity, "model 'm'");
+    // The call used 300 tokens, not 800: 500 come back.
+    a.permit.unwrap().settle(&Tokens {
+        prompt: 100,
+        completion: 200,
+        cached: 0,
+        estimated: false,
+    });
+    wait_until("settlement", Duration::from_secs(5), async || {
+        ask(&l, &cat, 100, Some(200)).await.is_ok()
+    })
+    .await;
+    let a = ask(&l, &cat, 1, Some(1)).await.unwrap();
+    assert_eq!(a.headers.tokens.unwrap().remaining, 1000 - 300 - 300 - 2);
+    l.shutdown();
+}
+
+#[tokio::test]
+async fn a_refusal_by_the_model_refunds_the_key() {
+    let prefix = unique("rl");
+    let l = limiter(&prefix, 30);
+    let cat = catalog("{rpm: 100}", "{rpm: 1}");
+    ask(&l, &cat, 1, None).await.unwrap();
+    let d = denial(ask(&l, &cat, 1, None).await);
+    assert_eq!((d.metric, d.entity.as_str()), (Metric::Rpm, "model 'm'"));
+    let mut conn = redis::Client::open(redis_url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let keys = limit_keys(&prefix, LimitEntity::Key, "k");
+    wait_until("refund", Duration::from_secs(5), async || {
+        conn.hget::<_, _, i64>(&keys.minute, "R").await.unwrap() == 1
+    })
+    .await;
+    l.shutdown();
+}
+
+#[tokio::test]
+async fn leases_are_released_by_permits_and_expire_when_abandoned() {
+    let prefix = unique("rl");
+    let l = limiter(&prefix, 1);
+    let cat = catalog("{concurrency: 2}", "");
+    let a = ask(&l, &cat, 1, None).await.unwrap();
+    let b = ask(&l, &cat, 1, None).await.unwrap();
+    assert_eq!(b.headers.concurrent, Some((2, 0)));
+    assert_eq!(l.leases_held(), 2);
+    let d = denial(ask(&l, &cat, 1, None).await);
+    assert_eq!(d.metric, Metric::Concurrency);
+    // Renewal keeps held leases alive well past their 1 s lifetime.
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    denial(ask(&l, &cat, 1, None).await);
+    drop(a.permit);
+    assert_eq!(l.leases_held(), 1);
+    wait_until("release", Duration::from_secs(5), async || {
+        ask(&l, &cat, 1, None)
+            .await
+            .map(|a| std::mem::forget(a.permit))
+            .is_ok()
+    })
+    .await;
+    // Two leases are now held but never settled (forgotten): once this proxy stops renewing
+    // (as a crashed one would), they expire within the lease time.
+    std::mem::forget(b.permit);
+    l.shutdown();
+    let stopped = Instant::now();
+    wait_until("expiry", Duration::from_secs(5), async || {
+        ask(&l, &cat, 1, None).await.is_ok()
+    })
+    .await;
+    println!(
+        "abandoned leases expired {:?} after renewal stopped",
+        stopped.elapsed()
+    );
+}
+
+/// The Lua window with tiny buckets (20 ms × 5), so expiry and the bucket walk run in a
+/// second: at most the limit in any window-length span of buckets, and capacity comes back.
+#[tokio::test]
+async fn lua_window_slides_without_edge_bursts() {
+    let script = redis::Script::new(concat!(
+        include_str!("../src/limits/lua/window.lua"),
+        include_str!("../src/limits/lua/acquire.lua")
+    ));
+    let prefix = unique("rl");
+    let keys = limit_keys(&prefix, LimitEntity::Key, "lua");
+    let mut conn = redis::Client::open(redis_url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let mut admitted: Vec<i64> = Vec::new();
+    let mut refused = 0;
+    let until = Instant::now() + Duration::from_millis(1_500);
+    while Instant::now() < until {
+        let row: Vec<i64> = script
+            .key(&keys.minute)
+            .key(&keys.day)
+            .key(&keys.leases)
+            .arg(&[3, 0, 0, 0, 0, 0][..])
+            .arg("")
+            .arg(1_000)
+            .arg(&[20, 5, 300_000, 288][..])
+            .invoke_async(&mut conn)
+            .await
+            .unwrap();
+        if row[0] == 1 {
+            admitted.push(row[3]);
+        } else {
+            refused += 1;
+            assert_eq!(row[1], Metric::Rpm.code());
+            assert!(row[2] > 0 && row[2] <= 120, "retry {}", row[2]);
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    for &b in &admitted {
+        let n = admitted.iter().filter(|&&x| x >= b - 5 && x <= b).count();
+        assert!(n <= 3, "{n} admitted in the window ending at bucket {b}");
+    }
+    assert!(
+        admitted.len() >= 20,
+        "capacity returns: {} admitted",
+        admitted.len()
+    );
+    assert!(refused > 0);
+    let (r, o): (i64, i64) = redis::cmd("HMGET")
+        .arg(&keys.minute)
+        .arg("R")
+        .arg("o")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let last = *admitted.last().unwrap();
+    assert!(
+        r <= 3 && o >= last - 5,
+        "totals track the live buckets: R={r} o={o}"
+    );
+}
