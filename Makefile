@@ -89,3 +89,27 @@ bench-quick: deps bench-build
 .PHONY: bench-ratelimit
 bench-ratelimit: up
 	cargo run -p tollgate-proxy --release --example ratelimit_bench
+
+# Hardening (docs/security.md). `fuzz-smoke` replays fuzz/corpus/ and deterministic mutations
+# through the fuzz harnesses as plain tests (proxy/tests/fuzz_corpus.rs; `make test` runs it
+# as part of the workspace tests). `fuzz`: real cargo-fuzz runs (libFuzzer + ASan via
+# RUSTC_BOOTSTRAP=1 on stable), FUZZ_SECS per target (a cold build alone takes ~9 min here,
+# too long for `make test`). `soak`: DURATION seconds (default 3600) of mixed traffic with
+# broker/aggregator/Redis restarts on private instances; prints requests, rows, lost,
+# duplicated and max RSS per process.
+.PHONY: fuzz-smoke fuzz soak
+fuzz-smoke:
+	cargo nextest run -p tollgate-proxy --test fuzz_corpus
+
+fuzz:
+	FUZZ_SECS=$${FUZZ_SECS:-300} fuzz/run.sh
+
+soak: up
+	DURATION=$${DURATION:-3600} infra/dev/soak.sh
+
+# Budget enforcement (release build): spend→429 latency p50/p99 and overshoot in USD, without
+# and with reservations. Needs the local stack. BENCH_TRIALS, BENCH_LIMIT_USD, BENCH_WORKERS,
+# BENCH_BATCH_WAIT_MS tune it (docs/budgets.md).
+.PHONY: bench-budget
+bench-budget: up
+	cargo run -p tollgate-e2e --release --example budget_bench

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::Script;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tollgate_schemas::budgets::entities::scope_ref;
 use tollgate_schemas::budgets::{scripts, Budget, CreditAccount, Decision, Scope, Window};
 use tollgate_schemas::redis_keys::{self, ConfigKind};
@@ -91,6 +91,7 @@ pub struct Spend<'a> {
 /// Shared state.
 pub(crate) struct Inner {
     pub(crate) conn: ConnectionManager,
+    pub(crate) client: redis::Client,
     pub(crate) prefix: String,
     pub(crate) topic: String,
     pub(crate) db: clickhouse::Client,
@@ -179,11 +180,12 @@ impl Budgets {
             .set_number_of_retries(1)
             .set_min_delay(Duration::from_millis(50))
             .set_max_delay(Duration::from_millis(1_000));
-        let conn = ConnectionManager::new_lazy_with_config(client, conn_cfg)?;
+        let conn = ConnectionManager::new_lazy_with_config(client.clone(), conn_cfg)?;
         let (tx, rx) = mpsc::channel(10_000);
         let budgets = Self {
             inner: Arc::new(Inner {
                 conn,
+                client,
                 prefix: cfg.prefix.clone(),
                 topic: topic.to_string(),
                 db,
@@ -386,10 +388,14 @@ impl Budgets {
         }
     }
 
-    /// Record a failed counter call: counters of current windows get rebuilt later.
+    /// Record a failed Redis call. A failed counter update (`apply`) makes every current
+    /// counter be rebuilt from ClickHouse once Redis answers; other calls are retried by the
+    /// next evaluation.
     pub(crate) fn failed(&self, op: &'static str, e: &RedisFailure) {
         metrics::counter!(BUDGET_REDIS_ERRORS, "op" => op).increment(1);
-        if !self.inner.dirty.swap(true, Ordering::Relaxed) {
+        if op != "apply" {
+            tracing::warn!(error = %e, op, "budget store call failed; retried at the next evaluation");
+        } else if !self.inner.dirty.swap(true, Ordering::Relaxed) {
             tracing::warn!(error = %e, op, "budget counters not updated; they will be rebuilt from ClickHouse when Redis answers");
         }
     }
@@ -457,6 +463,17 @@ impl Budgets {
         Ok(())
     }
 
+    /// Forget what this instance wrote for windows other than the current ones of `jobs`.
+    pub(crate) fn forget_old_windows(&self, jobs: &[(Budget, Window, i64)]) {
+        let current: HashSet<(&str, &str)> = jobs
+            .iter()
+            .map(|(b, w, _)| (b.id.as_str(), w.label.as_str()))
+            .collect();
+        if let Ok(mut decided) = self.inner.decided.lock() {
+            decided.retain(|(id, label), _| current.contains(&(id.as_str(), label.as_str())));
+        }
+    }
+
     /// Clear every decision of budgets and credit accounts that were removed.
     pub(crate) async fn clear_removed(&self, old: &Loaded) -> Result<(), RedisFailure> {
         let now = self.loaded();
@@ -481,7 +498,11 @@ impl Budgets {
                 any = true;
             }
         }
-        for id in old.credits.keys().filter(|id| !now.credits.contains_key(*id)) {
+        for id in old
+            .credits
+            .keys()
+            .filter(|id| !now.credits.contains_key(*id))
+        {
             let scope = scope_ref(Scope::Account, id);
             let mut inv = DECIDE.key(redis_keys::budget_decisions(p, &scope));
             inv.arg(tollgate_schemas::budgets::decision::CREDITS_FIELD)

@@ -31,7 +31,10 @@ impl std::fmt::Debug for BudgetsConfig {
             .field("prefix", &self.prefix)
             .field("eval_interval_ms", &self.eval_interval_ms)
             .field("alert_webhook_url", &self.alert_webhook_url)
-            .field("webhook_secret", &self.webhook_secret.as_ref().map(|_| "***"))
+            .field(
+                "webhook_secret",
+                &self.webhook_secret.as_ref().map(|_| "***"),
+            )
             .field("webhook_secret_env", &self.webhook_secret_env)
             .field("webhook_tolerance_secs", &self.webhook_tolerance_secs)
             .finish()

@@ -9,7 +9,11 @@
 
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
+
+use futures::StreamExt;
+use tokio::sync::Notify;
 
 use clickhouse::Row;
 use serde::Serialize;
@@ -108,13 +112,25 @@ impl Evaluator {
         }
     }
 
-    /// Evaluate every `eval_interval_ms` and handle alert checks until `stop`.
+    /// Evaluate every `eval_interval_ms` (and at once when the config store announces a
+    /// change) and handle alert checks until `stop`.
     pub async fn run(mut self, mut stop: watch::Receiver<bool>) {
         let every = Duration::from_millis(self.budgets.inner.cfg.eval_interval_ms);
         let mut next = tokio::time::Instant::now();
+        let changed = Arc::new(Notify::new());
+        let watcher = tokio::spawn(watch_changes(
+            self.budgets.clone(),
+            Arc::clone(&changed),
+            stop.clone(),
+        ));
         loop {
             tokio::select! {
-                _ = stop.wait_for(|s| *s) => return,
+                _ = stopped(&mut stop) => break,
+                _ = changed.notified() => {
+                    if let Err(e) = self.tick().await {
+                        self.budgets.failed("load", &e);
+                    }
+                }
                 job = self.jobs.recv() => match job {
                     Some(job) => self.alert(job).await,
                     None => return,
@@ -127,15 +143,27 @@ impl Evaluator {
                 }
             }
         }
+        watcher.abort();
     }
 
-    /// One round: reload, build counters, decisions, credit blocks, alerts.
+    /// One round: reload, build counters, decisions, credit blocks, alerts. A pending full
+    /// rebuild (after a failed counter update) stays pending until a round completes it.
     pub async fn tick(&mut self) -> Result<(), RedisFailure> {
-        let b = &self.budgets;
+        let rebuild_all = self.budgets.inner.dirty.swap(false, Ordering::Relaxed);
+        let result = self.round(rebuild_all).await;
+        if rebuild_all && !matches!(result, Ok(true)) {
+            self.budgets.inner.dirty.store(true, Ordering::Relaxed);
+        }
+        result.map(|_| ())
+    }
+
+    /// One round; true when every counter due for a rebuild was rebuilt.
+    async fn round(&mut self, rebuild_all: bool) -> Result<bool, RedisFailure> {
+        let b = self.budgets.clone();
+        let b = &b;
         if let Some(old) = b.reload().await? {
             b.clear_removed(&old).await?;
         }
-        let rebuild_all = b.inner.dirty.swap(false, Ordering::Relaxed);
         let loaded = b.loaded();
         let now = now_ms();
         let p = b.prefix().to_string();
@@ -174,6 +202,7 @@ impl Evaluator {
             jobs.push((bu, w, value));
         }
         b.decide_many(&jobs, true).await?;
+        b.forget_old_windows(&jobs);
         for (bu, w, v) in jobs {
             if crossed(&bu, v) {
                 self.alert(AlertJob {
@@ -189,29 +218,26 @@ impl Evaluator {
         if !accounts.is_empty() {
             let mut pipe = redis::pipe();
             for c in &accounts {
-                pipe.cmd("HGET")
+                pipe.cmd("HMGET")
                     .arg(tollgate_schemas::redis_keys::credit_balance(&p, &c.id))
-                    .arg(scripts::INIT_FIELD);
+                    .arg(scripts::INIT_FIELD)
+                    .arg("since");
             }
-            let inits: Vec<Option<String>> = run_pipe(&b.inner.conn, &pipe).await?;
+            let inits: Vec<(Option<String>, Option<i64>)> = run_pipe(&b.inner.conn, &pipe).await?;
             let mut pipe = redis::pipe();
-            for (c, init) in accounts.iter().zip(inits) {
-                if rebuild_all || init.is_none() {
-                    if !matches!(
-                        crate::budget_rebuild::rebuild_credit(b, c).await,
-                        Ok(true)
-                    ) {
-                        complete = false;
-                    }
+            for (c, (init, since)) in accounts.iter().zip(inits) {
+                // A new account, or one whose start moved (recreated, edited): recount.
+                let moved = since != Some(c.since());
+                if (rebuild_all || init.is_none() || moved)
+                    && !matches!(crate::budget_rebuild::rebuild_credit(b, c).await, Ok(true))
+                {
+                    complete = false;
                 }
                 pipe.invoke_script(&credit_call(&p, c, "eval"));
             }
             let _: Vec<redis::Value> = run_pipe(&b.inner.conn, &pipe).await?;
         }
-        if !complete && rebuild_all {
-            b.inner.dirty.store(true, Ordering::Relaxed);
-        }
-        Ok(())
+        Ok(complete)
     }
 
     /// Record the alerts of `job` not recorded yet.
@@ -219,7 +245,11 @@ impl Evaluator {
         let b = &job.budget;
         let due: Vec<u32> = reached(b, job.spent)
             .into_iter()
-            .filter(|t| !self.alerted.contains(&(b.id.clone(), job.window.label.clone(), *t)))
+            .filter(|t| {
+                !self
+                    .alerted
+                    .contains(&(b.id.clone(), job.window.label.clone(), *t))
+            })
             .collect();
         if due.is_empty() {
             return;
@@ -247,19 +277,21 @@ impl Evaluator {
                 continue;
             }
             let mut conn = self.budgets.inner.conn.clone();
-            let set = redis::cmd("HSET")
+            let cmd = redis::cmd("HSET")
                 .arg(&key)
                 .arg(scripts::alert_field(t))
                 .arg(now_ms())
-                .query_async::<i64>(&mut conn);
+                .clone();
+            let set = cmd.query_async::<i64>(&mut conn);
             match tokio::time::timeout(crate::budget::REDIS_TIMEOUT, set).await {
                 Ok(Ok(_)) => {
                     self.alerted.insert(id);
                 }
                 Ok(Err(e)) => self.budgets.failed("decide", &RedisFailure::Redis(e)),
-                Err(_) => self
-                    .budgets
-                    .failed("decide", &RedisFailure::Timeout(crate::budget::REDIS_TIMEOUT)),
+                Err(_) => self.budgets.failed(
+                    "decide",
+                    &RedisFailure::Timeout(crate::budget::REDIS_TIMEOUT),
+                ),
             }
         }
         if self.alerted.len() > 100_000 {
@@ -316,13 +348,53 @@ impl Evaluator {
                 tokio::spawn(async move {
                     match http.post(&url).json(&body).send().await {
                         Ok(r) if r.status().is_success() => {}
-                        Ok(r) => tracing::warn!(budget = %id, status = r.status().as_u16(), "alert webhook refused the alert"),
-                        Err(e) => tracing::warn!(budget = %id, error = %e, "alert webhook unreachable"),
+                        Ok(r) => {
+                            tracing::warn!(budget = %id, status = r.status().as_u16(), "alert webhook refused the alert")
+                        }
+                        Err(e) => {
+                            tracing::warn!(budget = %id, error = %e, "alert webhook unreachable")
+                        }
                     }
                 });
             }
         }
         Ok(())
+    }
+}
+
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+/// Wake the evaluator on every config-store notice (a budget or credit account changed).
+async fn watch_changes(budgets: Budgets, changed: Arc<Notify>, mut stop: watch::Receiver<bool>) {
+    let channel = tollgate_schemas::redis_keys::changes_channel(budgets.prefix());
+    loop {
+        let sub = async {
+            let mut pubsub = budgets.inner.client.get_async_pubsub().await?;
+            pubsub.subscribe(&channel).await?;
+            Ok::<_, redis::RedisError>(pubsub)
+        };
+        let sub = tokio::select! {
+            _ = stopped(&mut stop) => return,
+            s = tokio::time::timeout(Duration::from_secs(2), sub) => s,
+        };
+        if let Ok(Ok(mut pubsub)) = sub {
+            let mut messages = pubsub.on_message();
+            loop {
+                tokio::select! {
+                    _ = stopped(&mut stop) => return,
+                    m = messages.next() => match m {
+                        Some(_) => changed.notify_one(),
+                        None => break,
+                    },
+                }
+            }
+        }
+        tokio::select! {
+            _ = stopped(&mut stop) => return,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
     }
 }
 

@@ -157,7 +157,7 @@ pub async fn rebuild_credit(b: &Budgets, account: &CreditAccount) -> Result<bool
             }
         };
         let mut inv = CREDIT_REBUILD.key(&key);
-        inv.arg(usage.total).arg(entries.len());
+        inv.arg(usage.total).arg(account.since()).arg(entries.len());
         for e in &entries {
             inv.arg(&e.entry_id).arg(e.amount_nanos);
         }

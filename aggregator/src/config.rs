@@ -50,6 +50,8 @@ pub struct AggregatorConfig {
     pub retry: RetryConfig,
     /// Gap and duplicate accounting of `proxy_seq`.
     pub sequence: SequenceConfig,
+    /// Budgets, prepaid credits and the payment webhook (off without `budgets.redis_url`).
+    pub budgets: crate::budget_config::BudgetsConfig,
 }
 
 impl Default for AggregatorConfig {
@@ -61,6 +63,7 @@ impl Default for AggregatorConfig {
             batch: BatchConfig::default(),
             retry: RetryConfig::default(),
             sequence: SequenceConfig::default(),
+            budgets: crate::budget_config::BudgetsConfig::default(),
         }
     }
 }
@@ -107,6 +110,9 @@ pub struct ClickHouseConfig {
     /// Limit (ms) of one ClickHouse call (insert or query); a call that takes longer counts as
     /// a transient failure.
     pub timeout_ms: u64,
+    /// ClickHouse cluster name (`remote_servers`): migrations then run `ON CLUSTER` with
+    /// replicated tables and a Distributed `usage_events` (see `docs/operations.md`).
+    pub cluster: Option<String>,
 }
 
 impl std::fmt::Debug for ClickHouseConfig {
@@ -118,6 +124,7 @@ impl std::fmt::Debug for ClickHouseConfig {
             .field("password", &"***")
             .field("migrate", &self.migrate)
             .field("timeout_ms", &self.timeout_ms)
+            .field("cluster", &self.cluster)
             .finish()
     }
 }
@@ -131,6 +138,7 @@ impl Default for ClickHouseConfig {
             password: String::new(),
             migrate: true,
             timeout_ms: 30_000,
+            cluster: None,
         }
     }
 }
@@ -217,7 +225,7 @@ impl AggregatorConfig {
     /// The one seam for environment overrides: `TOLLGATE_AGGREGATOR_LISTEN`,
     /// `TOLLGATE_KAFKA_BROKERS`, `TOLLGATE_KAFKA_TOPIC`, `TOLLGATE_AGGREGATOR_GROUP`,
     /// `TOLLGATE_CLICKHOUSE_URL`, `TOLLGATE_CLICKHOUSE_DATABASE`, `TOLLGATE_CLICKHOUSE_USER`,
-    /// `TOLLGATE_CLICKHOUSE_PASSWORD`.
+    /// `TOLLGATE_CLICKHOUSE_PASSWORD`, `TOLLGATE_BUDGETS_REDIS_URL` (sets `budgets.redis_url`).
     pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) {
         let fields: [(&str, &mut String); 8] = [
             ("TOLLGATE_AGGREGATOR_LISTEN", &mut self.listen),
@@ -239,6 +247,9 @@ impl AggregatorConfig {
             if let Some(v) = get(var) {
                 *field = v;
             }
+        }
+        if let Some(v) = get("TOLLGATE_BUDGETS_REDIS_URL") {
+            self.budgets.redis_url = Some(v);
         }
     }
 
@@ -282,6 +293,14 @@ impl AggregatorConfig {
         if self.kafka.session_timeout_ms < 1_000 {
             return Err(invalid("kafka.session_timeout_ms", "must be at least 1000"));
         }
+        if let Some(c) = &self.clickhouse.cluster {
+            if c.is_empty() || !c.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '_') {
+                return Err(invalid(
+                    "clickhouse.cluster",
+                    "must be a name of [A-Za-z0-9_]",
+                ));
+            }
+        }
         if self.clickhouse.timeout_ms < 100 {
             return Err(invalid("clickhouse.timeout_ms", "must be at least 100"));
         }
@@ -299,6 +318,9 @@ impl AggregatorConfig {
         if self.sequence.max_proxies == 0 {
             return Err(invalid("sequence.max_proxies", "must be at least 1"));
         }
+        self.budgets
+            .validate()
+            .map_err(|(key, message)| invalid(key, message))?;
         Ok(())
     }
 }
@@ -333,6 +355,20 @@ mod tests {
         cfg.apply_env(|k| (k == "TOLLGATE_CLICKHOUSE_PASSWORD").then(|| "hunter2".to_string()));
         assert_eq!(cfg.clickhouse.password, "hunter2");
         assert!(!format!("{cfg:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn clickhouse_cluster_name_is_checked() {
+        let mut cfg = AggregatorConfig::default();
+        assert!(cfg.clickhouse.cluster.is_none());
+        cfg.clickhouse.cluster = Some("tollgate_cluster".into());
+        assert!(cfg.validate().is_ok());
+        cfg.clickhouse.cluster = Some("bad name;".into());
+        assert!(cfg
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("clickhouse.cluster"));
     }
 
     #[test]

@@ -70,6 +70,10 @@ pub fn consumer(
             cfg.kafka.session_timeout_ms.to_string(),
         )
         .set("heartbeat.interval.ms", heartbeat.to_string())
+        // Brokers that answer an empty fetch only after the full wait (Tansu) would otherwise
+        // add up to 500 ms (librdkafka's default) to every event's way to ClickHouse and to
+        // the budget decisions that follow it (docs/budgets.md).
+        .set("fetch.wait.max.ms", "100")
         .create_with_context(RebalanceWatch {
             generation: AtomicU64::new(0),
             stats,

@@ -45,11 +45,21 @@ pub fn router(shared: Arc<Shared>) -> Router {
 }
 
 /// Serve until `stop` turns true.
-pub async fn serve(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+pub async fn serve(listener: TcpListener, shared: Arc<Shared>, stop: watch::Receiver<bool>) {
+    serve_with(listener, shared, Router::new(), stop).await;
+}
+
+/// [`serve`] with more routes (the payment webhook).
+pub async fn serve_with(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    extra: Router,
+    mut stop: watch::Receiver<bool>,
+) {
     let shutdown = async move {
         let _ = stop.wait_for(|s| *s).await;
     };
-    if let Err(e) = axum::serve(listener, router(shared))
+    if let Err(e) = axum::serve(listener, router(shared).merge(extra))
         .with_graceful_shutdown(shutdown)
         .await
     {

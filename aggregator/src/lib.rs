@@ -4,12 +4,19 @@
 //! backoff) → [`write`] (skip stored offsets, insert, bisect refused rows, dead letters;
 //! errors sorted by [`classify`]) → [`sink`] (ClickHouse) → offset commit. [`sequence`] counts
 //! `proxy_seq` gaps and duplicates, [`lag`] samples consumer lag, [`http`] serves `/metrics`,
-//! `/healthz` and `/readyz`. [`summary`] reads the stored usage back.
+//! `/healthz` and `/readyz`. [`summary`] reads the stored usage back. [`budget`] counts every
+//! stored batch on budget and credit counters (before the commit) and writes decisions;
+//! [`webhook`] credits signed payments.
 
+pub mod budget;
+pub mod budget_config;
+pub mod budget_eval;
+pub mod budget_rebuild;
 pub mod buffer;
 pub mod classify;
 pub mod config;
 pub mod consumer;
+pub mod credits;
 pub mod http;
 pub mod lag;
 pub mod pipeline;
@@ -18,6 +25,7 @@ pub mod sink;
 pub mod state;
 pub mod summary;
 pub mod telemetry;
+pub mod webhook;
 pub mod write;
 
 use std::net::SocketAddr;
@@ -41,6 +49,9 @@ pub enum StartError {
     /// The consumer could not be created.
     #[error("cannot create the Kafka consumer: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
+    /// The budget settings are unusable.
+    #[error(transparent)]
+    Budgets(#[from] budget::BudgetsError),
     /// The HTTP listener could not bind.
     #[error("cannot listen on {addr}: {source}")]
     Listen {
@@ -75,16 +86,35 @@ pub async fn start(cfg: AggregatorConfig) -> Result<AggregatorHandle, StartError
     let shared = Arc::new(state::Shared::default());
     let sink = sink::ClickHouseSink::new(&cfg.clickhouse, &cfg.kafka.topic);
     if cfg.clickhouse.migrate {
-        tollgate_schemas::migrate::run(&sink::client(&cfg.clickhouse), &cfg.clickhouse.database)
-            .await?;
+        tollgate_schemas::migrate::run_on(
+            &sink::client(&cfg.clickhouse),
+            &cfg.clickhouse.database,
+            cfg.clickhouse.cluster.as_deref(),
+        )
+        .await?;
         shared.clickhouse_result(&Ok::<(), String>(()));
     } else {
         shared.clickhouse_result(&sink.ping().await);
     }
     let consumer = Arc::new(consumer::consumer(&cfg, shared.stats.clone())?);
-    let pipeline = pipeline::Pipeline::new(&cfg, consumer.clone(), sink, shared.clone());
+    let budgets = budget::Budgets::new(
+        &cfg.budgets,
+        &cfg.kafka.topic,
+        sink::client(&cfg.clickhouse).with_database(&cfg.clickhouse.database),
+    )?;
+    let (budgets, evaluator) = budgets.unzip();
+    let pipeline = pipeline::Pipeline::new(&cfg, consumer.clone(), sink, shared.clone())
+        .with_budgets(budgets.clone());
     let (stop, stopped) = watch::channel(false);
-    let tasks = vec![
+    let extra = match &budgets {
+        Some(b) => webhook::router(
+            b.clone(),
+            cfg.budgets.secret(|k| std::env::var(k).ok()),
+            cfg.budgets.webhook_tolerance_secs,
+        ),
+        None => axum::Router::new(),
+    };
+    let mut tasks = vec![
         tokio::spawn(pipeline.run(stopped.clone())),
         tokio::spawn(lag::run(
             consumer,
@@ -94,8 +124,16 @@ pub async fn start(cfg: AggregatorConfig) -> Result<AggregatorHandle, StartError
             cfg.sequence.window,
             stopped.clone(),
         )),
-        tokio::spawn(http::serve(listener, shared.clone(), stopped)),
+        tokio::spawn(http::serve_with(
+            listener,
+            shared.clone(),
+            extra,
+            stopped.clone(),
+        )),
     ];
+    if let Some(evaluator) = evaluator {
+        tasks.push(tokio::spawn(evaluator.run(stopped)));
+    }
     tracing::info!(
         topic = cfg.kafka.topic,
         group = cfg.kafka.group_id,

@@ -46,6 +46,7 @@ pub struct Pipeline {
     seen_generation: u64,
     tracker: SequenceTracker,
     shared: Arc<Shared>,
+    budgets: Option<crate::budget::Budgets>,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -84,7 +85,14 @@ impl Pipeline {
             seen_generation: 0,
             tracker: SequenceTracker::new(cfg.sequence.window, cfg.sequence.max_proxies),
             shared,
+            budgets: None,
         }
+    }
+
+    /// Count every stored batch on the budget counters before its offset is committed.
+    pub fn with_budgets(mut self, budgets: Option<crate::budget::Budgets>) -> Self {
+        self.budgets = budgets;
+        self
     }
 
     /// Run until `stop` turns true; then try once more to store what is buffered.
@@ -253,6 +261,9 @@ impl Pipeline {
                 Ok(()) => {
                     stored += chunk.len();
                     next_unstored = Some(floor.max(last.offset + 1));
+                    if let Some(b) = &self.budgets {
+                        b.apply(partition, chunk, &out.uncounted).await;
+                    }
                     commit(
                         &self.consumer,
                         &self.topic,

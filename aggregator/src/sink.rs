@@ -116,6 +116,36 @@ impl UsageRow {
     pub fn ts_ms(&self) -> i64 {
         self.ts_ms
     }
+
+    /// API key id.
+    pub fn api_key_id(&self) -> &str {
+        &self.api_key_id
+    }
+
+    /// Account id.
+    pub fn account_id(&self) -> &str {
+        &self.account_id
+    }
+
+    /// Team id.
+    pub fn team_id(&self) -> &str {
+        &self.team_id
+    }
+
+    /// Public model.
+    pub fn model(&self) -> &str {
+        &self.model
+    }
+
+    /// Cost, nano-USD.
+    pub fn cost_nanos(&self) -> i64 {
+        self.cost_nanos
+    }
+
+    /// Prompt + completion tokens.
+    pub fn total_tokens(&self) -> i64 {
+        self.prompt_tokens.saturating_add(self.completion_tokens)
+    }
 }
 
 /// One `usage_dead_letters` row (migration 0002).

@@ -38,10 +38,11 @@ fn build() -> Option<PrometheusHandle> {
             return None;
         }
     };
-    for m in CATALOGUE
-        .iter()
-        .filter(|m| m.name.starts_with("tollgate_aggregator_"))
-    {
+    for m in CATALOGUE.iter().filter(|m| {
+        tollgate_schemas::telemetry::aggregator_owned(m.name)
+            || m.name == tollgate_schemas::telemetry::BUDGET_REDIS_ERRORS
+            || m.name == tollgate_schemas::telemetry::CREDITS_TOPUPS
+    }) {
         match m.kind {
             Kind::Counter => metrics::describe_counter!(m.name, m.help),
             Kind::Gauge => metrics::describe_gauge!(m.name, m.help),
@@ -57,7 +58,34 @@ fn build() -> Option<PrometheusHandle> {
     for kind in [ErrorKind::Transient, ErrorKind::BadData] {
         metrics::counter!(AGG_CLICKHOUSE_ERRORS, "kind" => kind.label()).increment(0);
     }
+    register_budget_series();
     Some(handle)
+}
+
+/// Budget and credit series of the aggregator at zero (budgets may be off).
+fn register_budget_series() {
+    use tollgate_schemas::telemetry::{
+        budget_labels as l, BUDGET_ALERTS, BUDGET_DECISIONS, BUDGET_REBUILDS, BUDGET_REDIS_ERRORS,
+        CREDITS_TOPUPS, CREDITS_WEBHOOK_REJECTED,
+    };
+    for kind in l::DECISION_KINDS {
+        metrics::counter!(BUDGET_DECISIONS, "kind" => *kind).increment(0);
+    }
+    for mode in l::ALERT_MODES {
+        metrics::counter!(BUDGET_ALERTS, "mode" => *mode).increment(0);
+    }
+    for result in l::REBUILD_RESULTS {
+        metrics::counter!(BUDGET_REBUILDS, "result" => *result).increment(0);
+    }
+    for op in l::AGGREGATOR_REDIS_OPS {
+        metrics::counter!(BUDGET_REDIS_ERRORS, "op" => *op).increment(0);
+    }
+    for result in l::TOPUP_RESULTS {
+        metrics::counter!(CREDITS_TOPUPS, "source" => "webhook", "result" => *result).increment(0);
+    }
+    for reason in l::WEBHOOK_REJECTIONS {
+        metrics::counter!(CREDITS_WEBHOOK_REJECTED, "reason" => *reason).increment(0);
+    }
 }
 
 /// Install the process-wide recorder once (later calls reuse it).

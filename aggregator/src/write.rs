@@ -102,6 +102,9 @@ pub struct Outcome {
     pub handled_events: Vec<usize>,
     /// Events not stored because their `event_id` was stored already (re-sends).
     pub resends: usize,
+    /// Indices of events this write did not store in `usage_events` (re-sends and refused
+    /// events); budgets count every other event of the batch.
+    pub uncounted: Vec<usize>,
 }
 
 fn row(msg: &Msg) -> Option<&UsageRow> {
@@ -202,6 +205,7 @@ pub async fn write<S: Store>(
         metrics::counter!(AGG_RESENDS_SKIPPED).increment(resent.len() as u64);
         out.resends += resent.len();
         out.skipped += resent.len();
+        out.uncounted.extend(&resent);
     }
 
     // Depth-first bisection; the first half is tried first.
@@ -265,6 +269,7 @@ pub async fn write<S: Store>(
         metrics::counter!(AGG_DEAD_LETTERS, "reason" => reason.as_str()).increment(1);
         if *reason == DeadReason::ClickHouseRejected {
             out.handled_events.push(*i);
+            out.uncounted.push(*i);
         }
     }
     out.dead_letters += dead.len();

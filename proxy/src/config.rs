@@ -80,6 +80,18 @@ pub struct ProxyConfig {
     /// Where rate-limit counters live and what happens when that store is down.
     #[serde(default)]
     pub limits: crate::limits::LimitsConfig,
+    /// Budget and credit enforcement (needs `redis`).
+    #[serde(default)]
+    pub budgets: crate::budget::BudgetConfig,
+    /// TLS on the public listener; absent: plain HTTP.
+    #[serde(default)]
+    pub tls: Option<crate::tls::TlsConfig>,
+    /// Allowed upstream base URLs (patterns, see [`crate::allowlist`]); empty: any.
+    #[serde(default)]
+    pub upstream_allowlist: Vec<String>,
+    /// A client must send its request headers within this time or is disconnected (slowloris).
+    #[serde(default = "crate::listener::default_header_read_timeout_ms")]
+    pub header_read_timeout_ms: u64,
 }
 
 /// A secret string that never prints (serialized only into the config store).
@@ -113,6 +125,9 @@ pub struct AdminConfig {
     /// Environment variable holding the admin key.
     #[serde(default)]
     pub key_env: Option<String>,
+    /// The proxy's parsed `upstream_allowlist` (set by [`ProxyConfig::from_yaml`]).
+    #[serde(skip)]
+    pub allowlist: crate::allowlist::Allowlist,
 }
 
 /// Redis config store.
@@ -127,6 +142,9 @@ pub struct RedisConfig {
     /// Full resync interval, ms (changes also arrive by pub/sub notice).
     #[serde(default = "defaults::resync_ms")]
     pub resync_ms: u64,
+    /// Redis Cluster mode (also implied by a comma-separated node list in `url`).
+    #[serde(default)]
+    pub cluster: bool,
 }
 
 /// Kafka producer settings for usage events.
@@ -201,6 +219,11 @@ impl ProxyConfig {
             message: e.to_string(),
         })?;
         cfg.normalize();
+        let allow = crate::allowlist::Allowlist::parse(&cfg.upstream_allowlist)
+            .map_err(|e| invalid("upstream_allowlist", e.to_string()))?;
+        if let Some(a) = cfg.admin.as_mut() {
+            a.allowlist = allow;
+        }
         Ok(cfg)
     }
 
@@ -233,6 +256,7 @@ impl ProxyConfig {
                         url,
                         prefix: defaults::redis_prefix(),
                         resync_ms: defaults::resync_ms(),
+                        cluster: false,
                     })
                 }
             }
@@ -297,9 +321,14 @@ impl ProxyConfig {
                 "at least one model is required without a redis store",
             ));
         }
+        let allow = crate::allowlist::Allowlist::parse(&self.upstream_allowlist)
+            .map_err(|e| invalid("upstream_allowlist", e.to_string()))?;
         let mut names = HashSet::new();
         for (i, m) in self.models.iter().enumerate() {
             m.validate().map_err(field(format!("models[{i}]")))?;
+            allow
+                .check_model(m)
+                .map_err(field(format!("models[{i}]")))?;
             if !names.insert(m.name.as_str()) {
                 return Err(invalid(
                     format!("models[{i}].name"),
@@ -403,6 +432,9 @@ impl ProxyConfig {
         self.limits
             .validate(self.redis.as_ref().map(|r| r.url.as_str()))
             .map_err(field("limits".to_string()))?;
+        self.budgets
+            .validate()
+            .map_err(field("budgets".to_string()))?;
         Ok(())
     }
 }

@@ -5,16 +5,20 @@
 //! [`usage`] (publish).
 
 pub mod admin;
+pub mod allowlist;
 pub mod budget;
 pub mod config;
 pub mod entities;
 pub mod http;
 pub mod limits;
+pub mod listener;
 pub mod providers;
+pub mod redis_conn;
 pub mod routing;
 pub mod server;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
 pub mod usage;
 
 pub use config::ProxyConfig;

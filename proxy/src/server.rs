@@ -5,7 +5,6 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -27,6 +26,7 @@ pub struct ProxyHandle {
     server: tokio::task::JoinHandle<std::io::Result<()>>,
     publisher: Publisher,
     limits: Limiter,
+    budgets: crate::budget::BudgetGate,
     grace: Duration,
 }
 
@@ -53,6 +53,12 @@ pub enum StartError {
     /// The rate limiter could not be set up.
     #[error("rate limits: {0}")]
     Limits(#[from] LimitStartError),
+    /// The budget gate could not be set up.
+    #[error(transparent)]
+    Budgets(#[from] crate::budget::GateStartError),
+    /// TLS could not be set up.
+    #[error("{0}")]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// Start serving `cfg` (already validated).
@@ -74,8 +80,22 @@ pub async fn start(cfg: ProxyConfig) -> Result<ProxyHandle, StartError> {
     };
     let (publisher, sink) = Publisher::start(&cfg.kafka)?;
     let control = ControlPlane::start(&cfg).await?;
+    let (budgets, credits) = match &cfg.redis {
+        Some(r) => (
+            crate::budget::BudgetGate::start(&cfg.budgets, &r.url, &r.prefix)?,
+            Some(
+                crate::budget::ledger::Credits::new(
+                    &r.url,
+                    &r.prefix,
+                    cfg.budgets.clickhouse.as_ref(),
+                )
+                .map_err(crate::budget::GateStartError::from)?,
+            ),
+        ),
+        None => (crate::budget::BudgetGate::disabled(), None),
+    };
     let admin = match &cfg.admin {
-        Some(a) => Some(AdminServer::start(a, &control).await?),
+        Some(a) => Some(AdminServer::start_with(a, &control, credits).await?),
         None => None,
     };
     crate::providers::tokens::warm_up();
@@ -89,21 +109,21 @@ pub async fn start(cfg: ProxyConfig) -> Result<ProxyHandle, StartError> {
         max_body_bytes: cfg.max_body_bytes,
         metrics: crate::telemetry::prometheus(),
         limits: limits.clone(),
+        budgets: budgets.clone(),
     };
     let (stop, mut stopped) = watch::channel(false);
     let app = router(state);
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-        }
-    });
-    let server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = stopped.wait_for(|s| *s).await;
-            })
-            .await
-    });
+    let header_timeout = Duration::from_millis(cfg.header_read_timeout_ms);
+    let tls = cfg.tls.as_ref().map(crate::tls::acceptor).transpose()?;
+    let server = tokio::spawn(crate::listener::serve(
+        listener,
+        app,
+        header_timeout,
+        tls,
+        async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        },
+    ));
     tracing::info!(%addr, proxy_id, "proxy listening");
     Ok(ProxyHandle {
         addr,
@@ -113,6 +133,7 @@ pub async fn start(cfg: ProxyConfig) -> Result<ProxyHandle, StartError> {
         server,
         publisher,
         limits,
+        budgets,
         grace: Duration::from_secs(cfg.shutdown_grace_secs),
     })
 }
@@ -166,6 +187,7 @@ impl ProxyHandle {
             }
         }
         self.limits.shutdown();
+        self.budgets.shutdown();
         if let Some(admin) = self.admin {
             admin.shutdown().await;
         }

@@ -32,11 +32,17 @@ pub fn prometheus() -> Option<PrometheusHandle> {
 /// label values known up front at zero, so dashboards show 0 rather than "no data" before the
 /// first spool, drop or rate-limit store error.
 fn register_catalogue() {
-    let ours = ["tollgate_proxy_", "tollgate_usage_", "tollgate_ratelimit_"];
-    for m in CATALOGUE
-        .iter()
-        .filter(|m| ours.iter().any(|p| m.name.starts_with(p)))
-    {
+    let ours = [
+        "tollgate_proxy_",
+        "tollgate_usage_",
+        "tollgate_ratelimit_",
+        "tollgate_budget_",
+        "tollgate_credits_",
+    ];
+    for m in CATALOGUE.iter().filter(|m| {
+        ours.iter().any(|p| m.name.starts_with(p))
+            && !tollgate_schemas::telemetry::aggregator_owned(m.name)
+    }) {
         match m.kind {
             Kind::Counter => metrics::describe_counter!(m.name, m.help),
             Kind::Gauge => metrics::describe_gauge!(m.name, m.help),
@@ -55,5 +61,17 @@ fn register_catalogue() {
     }
     for op in ["acquire", "settle", "renew"] {
         metrics::counter!(RATELIMIT_BACKEND_ERRORS, "op" => op).increment(0);
+    }
+    use tollgate_schemas::telemetry::{
+        budget_labels as l, BUDGET_REDIS_ERRORS, BUDGET_RESERVATIONS, CREDITS_TOPUPS,
+    };
+    for result in l::RESERVATION_RESULTS {
+        metrics::counter!(BUDGET_RESERVATIONS, "result" => *result).increment(0);
+    }
+    for op in l::PROXY_REDIS_OPS {
+        metrics::counter!(BUDGET_REDIS_ERRORS, "op" => *op).increment(0);
+    }
+    for result in l::TOPUP_RESULTS {
+        metrics::counter!(CREDITS_TOPUPS, "source" => "admin", "result" => *result).increment(0);
     }
 }

@@ -10,7 +10,8 @@ use std::collections::HashMap;
 use std::sync::OnceLock;
 
 use apache_avro::rabin::Rabin;
-use apache_avro::{from_avro_datum, from_value, to_avro_datum, to_value, Schema};
+use apache_avro::types::Value;
+use apache_avro::{from_avro_datum, from_value, to_avro_datum, Schema};
 use serde::{Deserialize, Serialize};
 
 /// The current schema text (`schemas/avro/usage_event.avsc`).
@@ -115,9 +116,17 @@ fn fingerprint(schema: &Schema) -> [u8; 8] {
     out
 }
 
+/// Largest length prefix (bytes of a string, items of an array or map) the decoder accepts.
+const MAX_AVRO_ITEMS: usize = 256 * 1024;
+
 fn registry() -> &'static Registry {
     static REGISTRY: OnceLock<Registry> = OnceLock::new();
     REGISTRY.get_or_init(|| {
+        // apache-avro caps each length prefix at this many *items*, and reserves a map's
+        // capacity up front: with the 512 MB default one 200-byte poison message made the
+        // decoder allocate ~21 GB (found by `make fuzz`, target avro_decode). Events are a
+        // few KB, so 256 Ki items bounds that to a few MB. Set before any decode.
+        apache_avro::util::max_allocation_bytes(MAX_AVRO_ITEMS);
         // The schema texts are compiled in and checked by unit tests; a parse failure here
         // cannot happen in a build whose tests pass, so fall back to an empty registry.
         let by_fp: Vec<([u8; 8], Schema)> = KNOWN_SCHEMAS
@@ -147,12 +156,67 @@ pub fn current_fingerprint() -> u64 {
     u64::from_le_bytes(registry().current_fp)
 }
 
+/// The event as an Avro value of the current schema, built field by field (no serde
+/// round trip and no schema resolution: this runs once per request in the proxy).
+fn to_record(event: &UsageEvent) -> Result<Value, EncodeError> {
+    let uuid = uuid::Uuid::parse_str(&event.event_id)
+        .map_err(|e| EncodeError::Schema(format!("event_id is not a UUID: {e}")))?;
+    let opt_str = |v: &Option<String>| match v {
+        Some(s) => Value::Union(1, Box::new(Value::String(s.clone()))),
+        None => Value::Union(0, Box::new(Value::Null)),
+    };
+    let opt_long = |v: Option<i64>| match v {
+        Some(n) => Value::Union(1, Box::new(Value::Long(n))),
+        None => Value::Union(0, Box::new(Value::Null)),
+    };
+    let s = |v: &str| Value::String(v.to_string());
+    let metadata = event
+        .metadata
+        .iter()
+        .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+        .collect();
+    Ok(Value::Record(vec![
+        ("event_id".into(), Value::Uuid(uuid)),
+        ("request_id".into(), s(&event.request_id)),
+        ("ts_ms".into(), Value::TimestampMillis(event.ts_ms)),
+        ("proxy_id".into(), s(&event.proxy_id)),
+        ("proxy_seq".into(), Value::Long(event.proxy_seq)),
+        ("api_key_id".into(), s(&event.api_key_id)),
+        ("account_id".into(), s(&event.account_id)),
+        ("team_id".into(), s(&event.team_id)),
+        ("model".into(), s(&event.model)),
+        ("provider".into(), s(&event.provider)),
+        ("upstream_model".into(), s(&event.upstream_model)),
+        ("endpoint".into(), s(&event.endpoint)),
+        ("stream".into(), Value::Boolean(event.stream)),
+        ("status_code".into(), Value::Int(event.status_code)),
+        ("error_type".into(), opt_str(&event.error_type)),
+        ("latency_us".into(), Value::Long(event.latency_us)),
+        (
+            "upstream_latency_us".into(),
+            Value::Long(event.upstream_latency_us),
+        ),
+        ("ttft_us".into(), opt_long(event.ttft_us)),
+        ("prompt_tokens".into(), Value::Long(event.prompt_tokens)),
+        (
+            "completion_tokens".into(),
+            Value::Long(event.completion_tokens),
+        ),
+        ("cached_tokens".into(), Value::Long(event.cached_tokens)),
+        (
+            "usage_estimated".into(),
+            Value::Boolean(event.usage_estimated),
+        ),
+        ("cost_nanos".into(), Value::Long(event.cost_nanos)),
+        ("attempts".into(), Value::Int(event.attempts)),
+        ("metadata".into(), Value::Map(metadata)),
+    ]))
+}
+
 /// Encode an event with the current schema as an Avro single-object message.
 pub fn encode(event: &UsageEvent) -> Result<Vec<u8>, EncodeError> {
     let reg = registry();
-    let value = to_value(event)
-        .and_then(|v| v.resolve(&reg.current))
-        .map_err(|e| EncodeError::Schema(e.to_string()))?;
+    let value = to_record(event)?;
     let datum =
         to_avro_datum(&reg.current, value).map_err(|e| EncodeError::Schema(e.to_string()))?;
     let mut out = Vec::with_capacity(HEADER_LEN + datum.len());
@@ -271,7 +335,7 @@ mod tests {
 #[cfg(test)]
 mod spec_tests {
     use super::*;
-    use apache_avro::GenericSingleObjectWriter;
+    use apache_avro::{to_value, GenericSingleObjectWriter};
 
     /// Our hand-rolled header must match the reference single-object writer byte for byte.
     #[test]

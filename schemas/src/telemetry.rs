@@ -72,9 +72,50 @@ catalogue! {
     BUDGET_DECISIONS = "tollgate_budget_decisions_total", Counter, ["kind"], "Budget and credit decisions written by the aggregator, kind = block | reserve | clear.";
     BUDGET_ALERTS = "tollgate_budget_alerts_total", Counter, ["mode"], "Budget alert thresholds crossed (one per budget, window and threshold), mode = hard | warn.";
     BUDGET_REBUILDS = "tollgate_budget_rebuilds_total", Counter, ["result"], "Counter rebuilds from ClickHouse, result = done | stale | error.";
-    BUDGET_REDIS_ERRORS = "tollgate_budget_redis_errors_total", Counter, ["op"], "Failed Redis calls of budgets and credits, op = read | reserve | settle | apply | decide | rebuild | load | topup.";
+    BUDGET_REDIS_ERRORS = "tollgate_budget_redis_errors_total", Counter, ["op"], "Failed Redis calls of budgets and credits, op = read | reserve | settle (proxy) | apply | decide | rebuild | load (aggregator).";
     CREDITS_TOPUPS = "tollgate_credits_topups_total", Counter, ["source", "result"], "Credit top-ups, source = webhook | admin, result = applied | duplicate | rejected.";
     CREDITS_WEBHOOK_REJECTED = "tollgate_credits_webhook_rejected_total", Counter, ["reason"], "Payment webhooks refused, reason = unsigned | bad_signature | stale | invalid | unknown_account | disabled.";
+}
+
+/// Budget and credit metrics only the aggregator exports (the proxy exports the other
+/// `tollgate_budget_*` / `tollgate_credits_*` entries; both export the shared ones).
+pub const AGGREGATOR_ONLY: &[&str] = &[
+    BUDGET_DECISIONS,
+    BUDGET_ALERTS,
+    BUDGET_REBUILDS,
+    CREDITS_WEBHOOK_REJECTED,
+];
+
+/// Whether the aggregator (not the proxy) exports `name`.
+pub fn aggregator_owned(name: &str) -> bool {
+    name.starts_with("tollgate_aggregator_") || AGGREGATOR_ONLY.contains(&name)
+}
+
+/// Label values of the budget and credit counters, for registering them at zero.
+pub mod budget_labels {
+    /// `tollgate_budget_decisions_total{kind}`.
+    pub const DECISION_KINDS: &[&str] = &["block", "reserve", "clear"];
+    /// `tollgate_budget_alerts_total{mode}`.
+    pub const ALERT_MODES: &[&str] = &["hard", "warn"];
+    /// `tollgate_budget_rebuilds_total{result}`.
+    pub const REBUILD_RESULTS: &[&str] = &["done", "stale", "error"];
+    /// `tollgate_budget_reservations_total{result}`.
+    pub const RESERVATION_RESULTS: &[&str] = &["granted", "denied", "error"];
+    /// `tollgate_credits_topups_total{result}`.
+    pub const TOPUP_RESULTS: &[&str] = &["applied", "duplicate", "rejected"];
+    /// `tollgate_credits_webhook_rejected_total{reason}`.
+    pub const WEBHOOK_REJECTIONS: &[&str] = &[
+        "unsigned",
+        "bad_signature",
+        "stale",
+        "invalid",
+        "unknown_account",
+        "disabled",
+    ];
+    /// `tollgate_budget_redis_errors_total{op}` in the proxy.
+    pub const PROXY_REDIS_OPS: &[&str] = &["read", "reserve", "settle"];
+    /// `tollgate_budget_redis_errors_total{op}` in the aggregator.
+    pub const AGGREGATOR_REDIS_OPS: &[&str] = &["apply", "decide", "rebuild", "load", "read"];
 }
 
 #[cfg(test)]

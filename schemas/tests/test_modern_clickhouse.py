@@ -132,3 +132,62 @@ def test_rollups_sequence_health_and_dead_letters(tmp_path):
         assert stored == [["10"]], stored
     finally:
         sess.close()
+
+
+def test_budget_alerts_and_credit_ledger_collapse_duplicates(tmp_path):
+    """Migrations 0005/0006 on modern ClickHouse: a repeated alert or ledger insert (at-least-once
+    writers) counts once with FINAL / GROUP BY entry_id, and the statement queries run."""
+    sess = chs.Session(str(tmp_path / "chdb"))
+    try:
+        sess.query("CREATE DATABASE IF NOT EXISTS tg")
+        sess.query("USE tg")
+        for path in MIGRATIONS:
+            for stmt in statements(path.read_text()):
+                sess.query(stmt)
+        for version in (1, 2):
+            sess.query(
+                "INSERT INTO budget_alerts (budget_id, window_start, threshold_pct, window_label, scope,"
+                " scope_id, period, mode, unit, limit_value, spent, version) VALUES"
+                f" ('b1', 1700000000, 80, 'd20231114', 'key', 'k1', 'daily', 'warn', 'usd', 100, 85, {version})"
+            )
+        assert rows(sess, "SELECT count(), max(version) FROM budget_alerts FINAL") == [["1", "2"]]
+        for _ in range(2):
+            sess.query(
+                "INSERT INTO credit_ledger (account_id, entry_id, ts, ts_ms, kind, source, amount_nanos,"
+                " reference) VALUES ('a1', 'pay_1', 1700000000, 1700000000000, 'topup', 'webhook',"
+                " 5000000000, 'invoice 1')"
+            )
+        sess.query(
+            "INSERT INTO credit_ledger (account_id, entry_id, ts, ts_ms, kind, source, amount_nanos,"
+            " reference) VALUES ('a1', 'adm_1', 1700000100, 1700000100000, 'adjustment', 'admin', -1000, '')"
+        )
+        entries = rows(
+            sess,
+            "SELECT account_id, entry_id, min(ts), min(ts_ms), any(kind), any(source), any(amount_nanos),"
+            " any(reference) FROM credit_ledger WHERE account_id = 'a1'"
+            " GROUP BY account_id, entry_id ORDER BY min(ts_ms), entry_id",
+        )
+        assert [e[1] for e in entries] == ["pay_1", "adm_1"], entries
+        assert sum(int(e[6]) for e in entries) == 4999999000
+        sess.query(
+            "INSERT INTO usage_events (event_id, ts, ts_ms, account_id, model, cost_nanos, prompt_tokens,"
+            " completion_tokens, kafka_topic, kafka_partition, kafka_offset) VALUES"
+            " ('e1', 1700000200, 1700000200000, 'a1', 'm', 700, 3, 4, 't', 0, 5),"
+            " ('e2', 1700000300, 1700000300000, 'a1', 'm', 300, 1, 1, 't', 1, 9)"
+        )
+        by_day = rows(
+            sess,
+            "SELECT toString(toDate(ts)) AS day, model, count() AS requests, sum(prompt_tokens),"
+            " sum(completion_tokens), sum(cost_nanos) FROM usage_events WHERE account_id = 'a1'"
+            " AND ts >= toDateTime(1700000000) AND ts < toDateTime(1800000000) GROUP BY day, model ORDER BY day, model",
+        )
+        assert by_day == [["2023-11-14", "m", "2", "4", "5", "1000"]], by_day
+        recount = rows(
+            sess,
+            "SELECT kafka_partition, max(kafka_offset), sum(cost_nanos) FROM usage_events"
+            " WHERE kafka_topic = 't' AND ts >= toDateTime(0) AND ts < toDateTime(4294967295)"
+            " AND account_id = 'a1' GROUP BY kafka_partition ORDER BY kafka_partition",
+        )
+        assert recount == [["0", "5", "700"], ["1", "9", "300"]], recount
+    finally:
+        sess.close()

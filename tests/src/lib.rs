@@ -106,6 +106,19 @@ pub struct TestStack {
     pub mock: MockServer,
     /// The proxy under test.
     pub proxy: ProxyHandle,
+    /// Redis key prefix of this stack's config store and budgets (set by
+    /// [`TestStack::start_budgets`]; None: the proxy runs standalone).
+    pub redis_prefix: Option<String>,
+}
+
+/// Admin key of budget stacks ([`TestStack::start_budgets`]).
+pub const ADMIN_KEY: &str = "tg-admin-budget-test-0001";
+/// Payment webhook secret of budget stacks' aggregators.
+pub const WEBHOOK_SECRET: &str = "whsec-budget-test-0001";
+
+/// Redis of the local stack.
+pub fn redis_url() -> String {
+    std::env::var("TOLLGATE_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
 }
 
 impl TestStack {
@@ -123,7 +136,62 @@ impl TestStack {
             database,
             mock,
             proxy,
+            redis_prefix: None,
         })
+    }
+
+    /// Like [`Self::start`], with budgets: the proxy keeps its config in Redis under a unique
+    /// prefix, serves the admin API ([`ADMIN_KEY`]) with this test's database as the credit
+    /// ledger, and [`Self::aggregator_config`] turns budgets and the payment webhook
+    /// ([`WEBHOOK_SECRET`]) on.
+    pub async fn start_budgets(
+        name: &str,
+        partitions: i32,
+        mock_cfg: MockConfig,
+    ) -> anyhow::Result<Self> {
+        init_tracing();
+        let topic = unique(&format!("t_{name}"));
+        let database = unique(&format!("tg_{name}"));
+        let prefix = unique(&format!("tgb_{name}"));
+        create_topic(&topic, partitions).await?;
+        tollgate_schemas::migrate::run(&clickhouse(), &database).await?;
+        let mock = MockServer::start("127.0.0.1:0".parse()?, mock_cfg).await?;
+        let mut cfg = proxy_config(&mock.base_url(), &topic)?;
+        let admin_hash: String = tollgate_proxy::routing::hash_secret(ADMIN_KEY)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let extra = format!(
+            "redis: {{url: \"{}\", prefix: {prefix}, resync_ms: 1000}}\n\
+             admin: {{listen: \"127.0.0.1:0\", key_sha256: \"{admin_hash}\"}}\n\
+             budgets: {{cache_ttl_ms: 1000, clickhouse: {{url: \"{}\", database: {database}}}}}\n",
+            redis_url(),
+            clickhouse_url()
+        );
+        let patch: ProxyConfig = ProxyConfig::from_yaml(
+            &format!("{extra}kafka: {{brokers: \"x:1\"}}\nmodels: []\n"),
+            "test",
+        )?;
+        cfg.redis = patch.redis;
+        cfg.admin = patch.admin;
+        cfg.budgets = patch.budgets;
+        cfg.validate()?;
+        let proxy = tollgate_proxy::start(cfg).await?;
+        Ok(Self {
+            topic,
+            database,
+            mock,
+            proxy,
+            redis_prefix: Some(prefix),
+        })
+    }
+
+    /// Base URL of the proxy's admin API (budget stacks).
+    pub fn admin_url(&self) -> String {
+        self.proxy
+            .admin_addr()
+            .map(|a| format!("http://{a}"))
+            .unwrap_or_default()
     }
 
     /// ClickHouse client bound to this test's database.
@@ -144,6 +212,12 @@ impl TestStack {
         cfg.clickhouse.database = self.database.clone();
         cfg.batch.max_rows = 50;
         cfg.batch.max_wait_ms = 200;
+        if let Some(prefix) = &self.redis_prefix {
+            cfg.budgets.redis_url = Some(redis_url());
+            cfg.budgets.prefix = prefix.clone();
+            cfg.budgets.eval_interval_ms = 300;
+            cfg.budgets.webhook_secret = Some(WEBHOOK_SECRET.into());
+        }
         cfg
     }
 

@@ -27,9 +27,20 @@ fn allowed_values(label: &str) -> Option<&'static [&'static str]> {
     Some(match label {
         "model" => &[MODEL, "failing-model", "unreachable-model", "unknown"],
         "endpoint" => &["chat.completions", "completions", "embeddings", "messages"],
-        "kind" => &["prompt", "completion", "cached", "transient", "bad_data"],
+        "kind" => &[
+            "prompt",
+            "completion",
+            "cached",
+            "transient",
+            "bad_data",
+            "block",
+            "reserve",
+            "clear",
+        ],
         "backend" => &["local", "redis", "fallback"],
-        "op" => &["acquire", "settle", "renew"],
+        "op" => &[
+            "acquire", "settle", "renew", "read", "reserve", "apply", "decide", "rebuild", "load",
+        ],
         _ => return None,
     })
 }
@@ -109,7 +120,7 @@ async fn metrics_follow_the_catalogue_after_a_short_load() -> anyhow::Result<()>
     // Every catalogue series is exported by the process that owns it.
     let mut missing = Vec::new();
     for m in CATALOGUE {
-        let exp = if m.name.starts_with("tollgate_aggregator_") {
+        let exp = if tollgate_schemas::telemetry::aggregator_owned(m.name) {
             &aggregator
         } else {
             &proxy

@@ -1,7 +1,7 @@
 //! Request bodies: size limit, JSON syntax, and typed decoding whose errors name the field path.
 
 use axum::body::Body;
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use http_body_util::BodyExt;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
@@ -12,17 +12,26 @@ pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 
 /// Read the body and parse it as a JSON object.
 pub async fn read_object(body: Body) -> Result<Map<String, Value>, AdminError> {
-    let bytes = match Limited::new(body, MAX_BODY_BYTES).collect().await {
-        Ok(c) => c.to_bytes(),
-        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
-            return Err(AdminError::BodyTooLarge(MAX_BODY_BYTES))
+    // A larger body is drained (up to 8x the limit) before the 413, so that a client still
+    // writing reads the answer instead of a reset connection.
+    let mut body = body;
+    let mut bytes = Vec::new();
+    let mut total = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame =
+            frame.map_err(|e| AdminError::InvalidJson(format!("cannot read the body: {e}")))?;
+        if let Ok(data) = frame.into_data() {
+            total += data.len();
+            if total <= MAX_BODY_BYTES {
+                bytes.extend_from_slice(&data);
+            } else if total > MAX_BODY_BYTES.saturating_mul(8) {
+                break;
+            }
         }
-        Err(e) => {
-            return Err(AdminError::InvalidJson(format!(
-                "cannot read the body: {e}"
-            )))
-        }
-    };
+    }
+    if total > MAX_BODY_BYTES {
+        return Err(AdminError::BodyTooLarge(MAX_BODY_BYTES));
+    }
     match serde_json::from_slice::<Value>(&bytes) {
         Ok(Value::Object(map)) => Ok(map),
         Ok(_) => Err(AdminError::Invalid {

@@ -31,6 +31,8 @@ pub struct AdminState {
     pub catalog: watch::Receiver<Arc<Catalog>>,
     /// Balances, decisions and the ledger of budgets and credits (Redis mode only).
     pub credits: Option<crate::budget::ledger::Credits>,
+    /// Allowed upstream base URLs of models.
+    pub allowlist: crate::allowlist::Allowlist,
 }
 
 type Id = Result<Path<String>, PathRejection>;
@@ -92,6 +94,7 @@ async fn finish<E: AdminEntity>(
 ) -> Result<Option<String>, AdminError> {
     let secret = e.fill(existing)?;
     e.check().map_err(AdminError::field)?;
+    e.check_upstreams(&st.allowlist)?;
     e.prepare();
     e.verify(&st.store).await?;
     Ok(secret)

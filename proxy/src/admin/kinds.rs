@@ -30,6 +30,11 @@ pub trait AdminEntity: Entity {
 
     /// Checks against other entities, after field validation.
     fn verify(&self, store: &ConfigStore) -> impl Future<Output = Result<(), AdminError>> + Send;
+
+    /// Upstream base URLs against the proxy's allow-list (models only).
+    fn check_upstreams(&self, _allow: &crate::allowlist::Allowlist) -> Result<(), AdminError> {
+        Ok(())
+    }
 }
 
 fn to_value<T: serde::Serialize>(e: &T) -> Value {
@@ -38,6 +43,10 @@ fn to_value<T: serde::Serialize>(e: &T) -> Value {
 
 impl AdminEntity for Model {
     const ID_FIELD: &'static str = "name";
+
+    fn check_upstreams(&self, allow: &crate::allowlist::Allowlist) -> Result<(), AdminError> {
+        allow.check_model(self).map_err(AdminError::field)
+    }
 
     fn view(&self) -> Value {
         let mut v = to_value(self);

@@ -145,6 +145,7 @@ impl AdminServer {
             store: control.store(),
             catalog: control.catalog(),
             credits,
+            allowlist: cfg.allowlist.clone(),
         };
         let app = router(state, keys);
         let (stop, mut stopped) = watch::channel(false);

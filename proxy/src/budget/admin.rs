@@ -119,7 +119,12 @@ pub async fn read_budget(
         .ok_or(AdminError::NotFound { kind: "budget", id })?;
     let mut view = b.view();
     if let (Some(c), Some(obj)) = (st.credits.as_ref(), view.as_object_mut()) {
-        obj.insert("status".into(), status(c, &b).await?);
+        // The entity is readable even while the counters are not.
+        let s = status(c, &b).await.unwrap_or_else(|e| {
+            tracing::warn!(budget = %b.id, error = %e, "budget status unavailable");
+            json!({"error": e.to_string()})
+        });
+        obj.insert("status".into(), s);
     }
     Ok(Json(view))
 }

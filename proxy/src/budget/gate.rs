@@ -151,6 +151,41 @@ impl BudgetGate {
         result
     }
 
+    /// [`Self::check`] for a request of `key` on `model`: its scopes and worst case (prompt
+    /// estimate, requested completion tokens).
+    pub async fn check_request(
+        &self,
+        key: &crate::routing::ApiKey,
+        model: &crate::routing::Model,
+        prompt_estimate: i64,
+        max_completion: Option<i64>,
+        event_id: &str,
+    ) -> Result<Option<Reservation>, BudgetError> {
+        if self.inner.is_none() {
+            // Recorded even when budgets are off: the check costs nothing then.
+            metrics::histogram!(BUDGET_CHECK_DURATION).record(0.0);
+            return Ok(None);
+        }
+        let (worst_cost_nanos, worst_tokens) = super::worst_case(
+            model,
+            prompt_estimate,
+            max_completion,
+            self.default_max_tokens(),
+        );
+        let ask = Ask {
+            scopes: super::Scopes {
+                key: &key.id,
+                team: &key.team_id,
+                account: &key.account_id,
+                model: &model.name,
+            },
+            event_id,
+            worst_cost_nanos,
+            worst_tokens,
+        };
+        self.check(&ask).await
+    }
+
     /// Drop every cached decision (the next request of each scope reads Redis).
     pub async fn invalidate_all(&self) {
         if let Some(inner) = &self.inner {

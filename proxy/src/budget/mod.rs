@@ -23,7 +23,7 @@ pub mod statement;
 
 pub use config::BudgetConfig;
 pub use error::{BudgetError, Exceeded};
-pub use gate::BudgetGate;
+pub use gate::{BudgetGate, GateStartError};
 pub use reserve::Reservation;
 
 use crate::routing::Model;
@@ -113,7 +113,7 @@ pub(crate) async fn run_scripts<T: redis::FromRedisValue>(
 }
 
 /// Now, Unix ms.
-pub(crate) fn now_ms() -> i64 {
+pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)

@@ -91,6 +91,9 @@ pub enum ApiError {
     /// The shared rate-limit store is unreachable and limits fail closed.
     #[error("Rate limits cannot be checked right now; please retry shortly.")]
     LimiterUnavailable,
+    /// A hard budget or the prepaid balance of a scope of the request is used up.
+    #[error("{0}")]
+    BudgetExceeded(#[from] crate::budget::BudgetError),
 }
 
 impl From<LimitError> for ApiError {
@@ -139,6 +142,7 @@ impl ApiError {
                 StatusCode::TOO_MANY_REQUESTS
             }
             Self::LimiterUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::BudgetExceeded(_) => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -155,6 +159,7 @@ impl ApiError {
             Self::UpstreamUnavailable(_) | Self::UpstreamTimeout => "api_error",
             Self::RateLimited { .. } | Self::ConcurrencyLimited { .. } => "rate_limit_error",
             Self::LimiterUnavailable => "api_error",
+            Self::BudgetExceeded(_) => "insufficient_quota",
         }
     }
 
@@ -175,6 +180,7 @@ impl ApiError {
             Self::RateLimited { .. } => "rate_limit_exceeded",
             Self::ConcurrencyLimited { .. } => "concurrency_limit_exceeded",
             Self::LimiterUnavailable => "rate_limiter_unavailable",
+            Self::BudgetExceeded(_) => "budget_exceeded",
         }
     }
 
@@ -262,6 +268,10 @@ impl ApiError {
                 ..
             } => (*retry_after_secs, Some(headers)),
             Self::LimiterUnavailable => (1, None),
+            Self::BudgetExceeded(e) => match e.retry_after_secs(crate::budget::now_ms()) {
+                Some(secs) => (secs, None),
+                None => return,
+            },
             _ => return,
         };
         h.insert(axum::http::header::RETRY_AFTER, HeaderValue::from(retry));
@@ -278,6 +288,11 @@ impl IntoResponse for ApiError {
         if self.retryable() {
             resp.headers_mut()
                 .insert("x-should-retry", HeaderValue::from_static("true"));
+        }
+        if let Self::BudgetExceeded(_) = self {
+            // SDKs retry 429s by default; a used-up budget does not recover in seconds.
+            resp.headers_mut()
+                .insert("x-should-retry", HeaderValue::from_static("false"));
         }
         resp
     }

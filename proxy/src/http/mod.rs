@@ -41,6 +41,8 @@ pub struct AppState {
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     /// Rate limits of keys and models.
     pub limits: crate::limits::Limiter,
+    /// Budget and credit decisions.
+    pub budgets: crate::budget::BudgetGate,
 }
 
 impl AppState {

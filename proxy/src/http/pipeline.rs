@@ -102,7 +102,10 @@ fn invalid(message: impl Into<String>, param: &'static str) -> ApiError {
 }
 
 /// Field checks shared by every endpoint; the provider checks the rest.
-fn check_fields(json: &Map<String, Value>, endpoint: Endpoint) -> Result<(String, bool), ApiError> {
+pub fn check_fields(
+    json: &Map<String, Value>,
+    endpoint: Endpoint,
+) -> Result<(String, bool), ApiError> {
     let model = match json.get("model") {
         Some(Value::String(s)) if !s.is_empty() && s.len() <= 256 => s.clone(),
         Some(Value::String(_)) | None => {
@@ -207,6 +210,20 @@ async fn serve(
         m.set_model(&model, stream);
     }
     let prompt_estimate = tokens::estimate_prompt(&json);
+    if let Some(m) = meter.as_mut() {
+        let event_id = m.event_id().to_string();
+        let reservation = st
+            .budgets
+            .check_request(
+                key,
+                &model,
+                prompt_estimate,
+                requested_completion(map),
+                &event_id,
+            )
+            .await?;
+        m.set_reservation(reservation);
+    }
     let admission = st
         .limits
         .acquire(&Ask {

@@ -9,9 +9,13 @@ use crate::providers::openai::UsageJson;
 use crate::usage::Tokens;
 
 /// Splits bytes into complete SSE events (terminated by a blank line; `\n\n` or `\r\n\r\n`).
+///
+/// Each push scans only the bytes not scanned before (plus a 3-byte overlap for a terminator
+/// split across chunks), so a long event arriving in many small chunks costs linear time.
 #[derive(Debug, Default)]
 pub struct EventSplitter {
     buf: BytesMut,
+    scanned: usize,
 }
 
 impl EventSplitter {
@@ -20,20 +24,34 @@ impl EventSplitter {
         self.buf.extend_from_slice(bytes);
         let mut out = Vec::new();
         loop {
-            let lf = find(&self.buf, b"\n\n").map(|p| p + 2);
-            let crlf = find(&self.buf, b"\r\n\r\n").map(|p| p + 4);
-            let end = match (lf, crlf) {
-                (Some(a), Some(b)) => a.min(b),
-                (Some(a), None) | (None, Some(a)) => a,
-                (None, None) => break,
-            };
-            out.push(self.buf.split_to(end));
+            let from = self.scanned.saturating_sub(3);
+            let end = self.buf[from..].windows(2).enumerate().find_map(|(i, w)| {
+                let at = from + i;
+                if w == b"\n\n" {
+                    Some(at + 2)
+                } else if w == b"\r\n" && self.buf[at..].starts_with(b"\r\n\r\n") {
+                    Some(at + 4)
+                } else {
+                    None
+                }
+            });
+            match end {
+                Some(end) => {
+                    out.push(self.buf.split_to(end));
+                    self.scanned = 0;
+                }
+                None => {
+                    self.scanned = self.buf.len();
+                    break;
+                }
+            }
         }
         out
     }
 
     /// Whatever is left (an unterminated last event).
     pub fn rest(&mut self) -> BytesMut {
+        self.scanned = 0;
         self.buf.split()
     }
 }
@@ -263,6 +281,21 @@ mod tests {
         assert_eq!(&ev[0][..], b"data: {\"a\":1}\n\n");
         let ev = s.push(b"NE]\r\n\r\n");
         assert_eq!(&ev[0][..], b"data: [DONE]\r\n\r\n");
+    }
+
+    #[test]
+    fn terminators_split_at_every_byte_are_found() {
+        let stream = b"data: a\n\ndata: b\r\n\r\ndata: c\n\n";
+        for size in 1..stream.len() {
+            let mut s = EventSplitter::default();
+            let events: Vec<Vec<u8>> = stream
+                .chunks(size)
+                .flat_map(|c| s.push(c))
+                .map(|e| e.to_vec())
+                .collect();
+            assert_eq!(events.len(), 3, "chunk size {size}");
+            assert_eq!(events[1], b"data: b\r\n\r\n");
+        }
     }
 
     #[test]

@@ -50,6 +50,9 @@ pub struct LimitsConfig {
     /// Longest wait for Redis on the request path, ms; slower answers count as failures.
     #[serde(default = "defaults::timeout_ms")]
     pub timeout_ms: u64,
+    /// Redis Cluster mode for the counters (also implied by a comma-separated node list).
+    #[serde(default)]
+    pub cluster: bool,
 }
 
 mod defaults {
@@ -73,6 +76,7 @@ impl Default for LimitsConfig {
             lease_secs: defaults::lease_secs(),
             prefix: defaults::prefix(),
             timeout_ms: defaults::timeout_ms(),
+            cluster: false,
         }
     }
 }

@@ -137,6 +137,7 @@ impl Limiter {
                     &cfg.prefix,
                     lease_ms,
                     Duration::from_millis(cfg.timeout_ms),
+                    cfg.cluster,
                 )
                 .map_err(|e| LimitStartError::Redis(e.category().to_string()))?;
                 Some(Arc::new(r))

@@ -1,14 +1,19 @@
 //! Redis backend: one `EVALSHA` of `acquire.lua` per limited entity, all of a request's
 //! entities pipelined in one round trip; settlement and refunds are sent in the background.
 //! Scripts take the time from Redis (`TIME`), so proxies' clocks do not matter.
+//!
+//! On a Redis Cluster each entity's keys share a hash tag (one slot), but a request's entities
+//! live in different slots, so the calls are sent as concurrent single-slot requests instead of
+//! one pipeline (missing scripts are then loaded on every primary by `SCRIPT LOAD`).
 
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{ErrorKind, Script, ServerErrorKind};
+use redis::{ErrorKind, Script, ScriptInvocation, ServerErrorKind};
 use tollgate_schemas::redis_keys::{self, LimitKeys};
+
+use crate::redis_conn::{ConnSettings, RedisConn, RedisTarget};
 
 use super::decision::{Checked, Metric, Target};
 use super::headers::Usage;
@@ -56,7 +61,7 @@ pub enum StoreFailure {
 
 /// The shared-counter backend.
 pub struct RedisLimiter {
-    conn: ConnectionManager,
+    conn: RedisConn,
     prefix: Arc<str>,
     lease_ms: i64,
     timeout: Duration,
@@ -70,6 +75,7 @@ impl std::fmt::Debug for RedisLimiter {
         f.debug_struct("RedisLimiter")
             .field("prefix", &self.prefix)
             .field("lease_ms", &self.lease_ms)
+            .field("cluster", &self.conn.is_cluster())
             .finish_non_exhaustive()
     }
 }
@@ -79,21 +85,21 @@ fn is_noscript(e: &redis::RedisError) -> bool {
 }
 
 impl RedisLimiter {
-    /// A limiter on `url` (connects lazily and reconnects by itself).
+    /// A limiter on `url` (connects lazily and reconnects by itself). `cluster` (or a
+    /// comma-separated node list) selects Redis Cluster mode.
     pub fn new(
         url: &str,
         prefix: &str,
         lease_ms: i64,
         timeout: Duration,
+        cluster: bool,
     ) -> Result<Self, redis::RedisError> {
-        let client = redis::Client::open(url)?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeout.max(Duration::from_millis(200))))
-            .set_response_timeout(Some(timeout))
-            .set_number_of_retries(1)
-            .set_min_delay(Duration::from_millis(50))
-            .set_max_delay(Duration::from_millis(500));
-        let conn = ConnectionManager::new_lazy_with_config(client, config)?;
+        let target = RedisTarget::parse(url, cluster)
+            .map_err(|e| redis::RedisError::from((ErrorKind::InvalidClientConfig, "url", e.0)))?;
+        let conn = target.connect(ConnSettings {
+            connect_timeout: timeout.max(Duration::from_millis(200)),
+            response_timeout: timeout,
+        })?;
         Ok(Self {
             conn,
             prefix: prefix.into(),
@@ -145,12 +151,28 @@ impl RedisLimiter {
             .unwrap_or(Err(StoreFailure::Timeout(self.timeout)))
     }
 
-    /// Run a pipeline of script calls, loading the scripts once if Redis lost them.
-    async fn run<T: redis::FromRedisValue>(
+    /// Run script calls: one pipeline on a single server (loading the scripts once if Redis
+    /// lost them), concurrent single-slot calls on a cluster. One reply per invocation.
+    async fn run(
         &self,
-        pipe: &redis::Pipeline,
-    ) -> Result<T, StoreFailure> {
+        invocations: &[ScriptInvocation<'_>],
+    ) -> Result<Vec<redis::Value>, StoreFailure> {
         let mut conn = self.conn.clone();
+        if conn.is_cluster() {
+            let calls = invocations.iter().map(|inv| {
+                let mut c = conn.clone();
+                async move { inv.invoke_async::<redis::Value>(&mut c).await }
+            });
+            let replies = futures::future::join_all(calls).await;
+            return replies
+                .into_iter()
+                .map(|r| r.map_err(StoreFailure::from))
+                .collect();
+        }
+        let mut pipe = redis::pipe();
+        for inv in invocations {
+            pipe.invoke_script(inv);
+        }
         match pipe.query_async(&mut conn).await {
             Err(e) if is_noscript(&e) => {
                 let mut load = redis::pipe();
@@ -193,11 +215,12 @@ impl RedisLimiter {
                 inv
             })
             .collect();
-        let mut pipe = redis::pipe();
-        for inv in &invocations {
-            pipe.invoke_script(inv);
-        }
-        let rows: Vec<Vec<i64>> = self.bounded(self.run(&pipe)).await?;
+        let replies = self.bounded(self.run(&invocations)).await?;
+        let rows: Vec<Vec<i64>> = replies
+            .iter()
+            .map(redis::from_redis_value_ref)
+            .collect::<Result<_, _>>()
+            .map_err(|_| StoreFailure::Reply)?;
         if rows.len() != targets.len() {
             return Err(StoreFailure::Reply);
         }
@@ -267,11 +290,7 @@ impl RedisLimiter {
                 inv
             })
             .collect();
-        let mut pipe = redis::pipe();
-        for inv in &invocations {
-            pipe.invoke_script(inv).ignore();
-        }
-        self.run::<()>(&pipe).await
+        self.run(&invocations).await.map(drop)
     }
 
     /// Extend every lease this process holds (one round trip).
@@ -291,11 +310,7 @@ impl RedisLimiter {
                 invocations.push(inv);
             }
         }
-        let mut pipe = redis::pipe();
-        for inv in &invocations {
-            pipe.invoke_script(inv).ignore();
-        }
-        self.bounded(self.run::<()>(&pipe)).await
+        self.bounded(self.run(&invocations)).await.map(drop)
     }
 }
 

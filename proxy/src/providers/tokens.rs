@@ -22,6 +22,23 @@ pub fn count(text: &str) -> i64 {
     }
 }
 
+/// Text tokenized exactly by [`estimate_prompt`]; longer prompts are extrapolated from it so the
+/// per-request cost stays bounded (this runs on the hot path for limit reservations).
+const EXACT_PREFIX_BYTES: usize = 2_048;
+
+/// Tokens of `text`: exact for the first [`EXACT_PREFIX_BYTES`], extrapolated by length beyond.
+pub fn count_bounded(text: &str) -> i64 {
+    if text.len() <= EXACT_PREFIX_BYTES {
+        return count(text);
+    }
+    let mut cut = EXACT_PREFIX_BYTES;
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let head = count(&text[..cut]).max(1);
+    (head as f64 * text.len() as f64 / cut as f64).round() as i64
+}
+
 /// Estimate the prompt tokens of an OpenAI or Anthropic request body: the text of every
 /// message/content part, `prompt`, `input` and `system`, plus 4 tokens of framing per message.
 pub fn estimate_prompt(body: &serde_json::Value) -> i64 {
@@ -36,7 +53,7 @@ pub fn estimate_prompt(body: &serde_json::Value) -> i64 {
             collect(m.get("content"), &mut text);
         }
     }
-    count(&text) + 4 * messages
+    count_bounded(&text) + 4 * messages
 }
 
 fn collect(v: Option<&serde_json::Value>, out: &mut String) {
@@ -72,5 +89,16 @@ mod tests {
         // "hello world\n" (3 tokens incl. newline) + "hello\n" (2) + 2 * 4 framing
         let n = estimate_prompt(&body);
         assert!((12..=14).contains(&n), "{n}");
+    }
+
+    #[test]
+    fn long_text_is_extrapolated_from_an_exact_prefix() {
+        let text = "hello world ".repeat(2_000);
+        let exact = count(&text);
+        let bounded = count_bounded(&text);
+        assert!(
+            (bounded - exact).abs() * 20 < exact,
+            "exact {exact}, bounded {bounded}"
+        );
     }
 }

@@ -1,16 +1,19 @@
 //! Redis config store (layout: `tollgate_schemas::redis_keys`).
 //!
-//! One auto-reconnecting [`ConnectionManager`] for commands; pub/sub uses its own connection
-//! (see [`RedisStore::subscribe`]). Every call is bounded by a timeout so a dead server makes
+//! One auto-reconnecting [`RedisConn`] for commands (a single server or a Redis Cluster: every
+//! config key carries the `{cfg}` hash tag, so scripts and `MULTI` stay in one slot); pub/sub
+//! uses its own connection (see [`RedisStore::subscribe`]; on a cluster, through one node). Every call is bounded by a timeout so a dead server makes
 //! callers fail fast instead of hanging. The URL (which may hold a password) is never logged.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSub};
+use redis::aio::PubSub;
 use redis::{AsyncCommands, Script};
 use tollgate_schemas::redis_keys;
+
+use crate::redis_conn::{ConnSettings, RedisConn, RedisTarget};
 
 use super::{ConfigKind, RawSnapshot, StoreError, WriteOp, WriteOutcome};
 
@@ -63,8 +66,8 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(2);
 /// Redis-backed store (cheap to clone).
 #[derive(Clone)]
 pub struct RedisStore {
-    client: redis::Client,
-    conn: ConnectionManager,
+    target: RedisTarget,
+    conn: RedisConn,
     prefix: Arc<str>,
 }
 
@@ -72,6 +75,7 @@ impl std::fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisStore")
             .field("prefix", &self.prefix)
+            .field("cluster", &self.target.is_cluster())
             .finish_non_exhaustive()
     }
 }
@@ -90,25 +94,25 @@ async fn bounded<T>(
 }
 
 impl RedisStore {
-    /// A store for `url` under `prefix`. Does not connect: the first call does, and the
-    /// connection is re-established automatically after failures.
+    /// A store for `url` under `prefix` (a cluster if the URL lists several nodes). Does not
+    /// connect: the first call does, and the connection is re-established after failures.
     pub fn new(url: &str, prefix: &str) -> Result<Self, StoreError> {
-        let client = redis::Client::open(url).map_err(|e| {
-            StoreError::Config(format!(
-                "redis.url is not a usable redis:// URL ({})",
-                e.category()
-            ))
+        Self::with_mode(url, prefix, false)
+    }
+
+    /// Like [`RedisStore::new`]; `cluster` forces Redis Cluster mode for a single seed node.
+    pub fn with_mode(url: &str, prefix: &str, cluster: bool) -> Result<Self, StoreError> {
+        let target = RedisTarget::parse(url, cluster).map_err(|e| {
+            StoreError::Config(format!("redis.url is not a usable redis:// URL ({})", e.0))
         })?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(1)))
-            .set_response_timeout(Some(CALL_TIMEOUT))
-            .set_number_of_retries(1)
-            .set_min_delay(Duration::from_millis(50))
-            .set_max_delay(Duration::from_millis(500));
-        let conn = ConnectionManager::new_lazy_with_config(client.clone(), config)
+        let conn = target
+            .connect(ConnSettings {
+                connect_timeout: Duration::from_secs(1),
+                response_timeout: CALL_TIMEOUT,
+            })
             .map_err(|e| StoreError::Config(e.to_string()))?;
         Ok(Self {
-            client,
+            target,
             conn,
             prefix: prefix.into(),
         })
@@ -122,7 +126,7 @@ impl RedisStore {
     /// A pub/sub connection subscribed to the changes channel.
     pub async fn subscribe(&self) -> Result<PubSub, StoreError> {
         let channel = redis_keys::changes_channel(&self.prefix);
-        let mut pubsub = bounded(self.client.get_async_pubsub()).await?;
+        let mut pubsub = bounded(self.target.pubsub()).await?;
         bounded(pubsub.subscribe(&channel)).await?;
         Ok(pubsub)
     }

@@ -97,6 +97,7 @@ async fn unusable_redis_url_fails_start() {
         url: "redis://[::1".into(),
         prefix: "t".into(),
         resync_ms: 1000,
+        cluster: false,
     });
     assert!(matches!(
         ControlPlane::start(&cfg).await,

@@ -63,6 +63,7 @@ pub struct Meter {
     partial: Outcome,
     model: Option<Arc<Model>>,
     permit: Option<crate::limits::Permit>,
+    reservation: Option<crate::budget::Reservation>,
 }
 
 impl Meter {
@@ -97,6 +98,7 @@ impl Meter {
             partial: Outcome::default(),
             model: None,
             permit: None,
+            reservation: None,
         }
     }
 
@@ -148,6 +150,17 @@ impl Meter {
         ev.metadata = out;
     }
 
+    /// The usage event id (also names the request's budget reservation).
+    pub fn event_id(&self) -> &str {
+        self.event.as_ref().map_or("", |e| e.event_id.as_str())
+    }
+
+    /// Hold the request's budget reservation; it is settled with the final cost when the
+    /// event is emitted.
+    pub fn set_reservation(&mut self, reservation: Option<crate::budget::Reservation>) {
+        self.reservation = reservation;
+    }
+
     /// Hold the request's rate-limit permit; it is settled with the final token counts when
     /// the event is emitted (finish or drop), exactly once.
     pub fn set_permit(&mut self, permit: Option<crate::limits::Permit>) {
@@ -188,6 +201,12 @@ impl Meter {
                 outcome.tokens.cached,
             )
         });
+        if let Some(r) = self.reservation.take() {
+            r.settle(
+                ev.cost_nanos,
+                ev.prompt_tokens.saturating_add(ev.completion_tokens),
+            );
+        }
         record_metrics(&ev, self.model.is_some());
         self.sink.submit(ev);
     }

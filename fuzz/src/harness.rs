@@ -1,0 +1,163 @@
+//! Fuzz harness bodies shared by the cargo-fuzz targets (`fuzz/fuzz_targets/`) and the
+//! corpus-replay test of the main workspace (`proxy/tests/fuzz_corpus.rs`, which includes
+//! this file by path). Each function must never panic, whatever the input; the checks inside
+//! are invariants that hold for every input.
+
+use serde_json::Value;
+use tollgate_proxy::http::pipeline::check_fields;
+use tollgate_proxy::http::sse::{self, EventSplitter};
+use tollgate_proxy::providers::anthropic::{
+    self, AnthropicToOpenAiStream, OpenAiToAnthropicStream,
+};
+use tollgate_proxy::providers::{tokens, Endpoint};
+
+/// The fuzz targets, by name (also the corpus directory names).
+pub const TARGETS: &[&str] = &[
+    "openai_request",
+    "sse_stream",
+    "anthropic_translate",
+    "avro_decode",
+];
+
+/// Run the target called `name` on `data`.
+pub fn run(name: &str, data: &[u8]) {
+    match name {
+        "openai_request" => openai_request(data),
+        "sse_stream" => sse_stream(data),
+        "anthropic_translate" => anthropic_translate(data),
+        "avro_decode" => avro_decode(data),
+        other => panic!("unknown fuzz target {other}"),
+    }
+}
+
+/// Request bodies: the proxy's field checks on every endpoint and the prompt token estimate.
+pub fn openai_request(data: &[u8]) {
+    let Ok(json) = serde_json::from_slice::<Value>(data) else {
+        return;
+    };
+    let _ = tokens::estimate_prompt(&json);
+    if let Value::Object(map) = &json {
+        for endpoint in [
+            Endpoint::ChatCompletions,
+            Endpoint::Completions,
+            Endpoint::Embeddings,
+            Endpoint::Messages,
+        ] {
+            if let Ok((model, stream)) = check_fields(map, endpoint) {
+                assert!(!model.is_empty() && model.len() <= 256);
+                assert!(!stream || endpoint.can_stream());
+            }
+        }
+    }
+}
+
+/// Cut `data` into chunks whose sizes come from the data itself (first byte = seed).
+fn chunks(data: &[u8]) -> Vec<&[u8]> {
+    let Some((&seed, mut rest)) = data.split_first() else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    let mut size = usize::from(seed % 17) + 1;
+    while !rest.is_empty() {
+        let n = size.min(rest.len());
+        let (head, tail) = rest.split_at(n);
+        out.push(head);
+        rest = tail;
+        size = (size * 7 + 3) % 23 + 1;
+    }
+    out
+}
+
+/// SSE streams: event splitting (no byte lost or invented), `data:` extraction, OpenAI and
+/// Anthropic metering inspectors, model rewriting.
+pub fn sse_stream(data: &[u8]) {
+    let mut splitter = EventSplitter::default();
+    let mut seen = Vec::with_capacity(data.len());
+    for chunk in chunks(data) {
+        for event in splitter.push(chunk) {
+            seen.extend_from_slice(&event);
+            let _ = sse::data_of(&event);
+            let _ = sse::inspect_openai(&event);
+            let (_, usage) = sse::inspect_anthropic(&event);
+            if let Some(u) = usage {
+                let _ = u.tokens();
+            }
+            if let Some(rewritten) = sse::rewrite_model(&event, "gpt-mock", "mock-upstream") {
+                let _ = sse::inspect_openai(&rewritten);
+            }
+        }
+    }
+    seen.extend_from_slice(&splitter.rest());
+    assert_eq!(
+        seen,
+        data.get(1..).unwrap_or_default(),
+        "the splitter lost or invented bytes"
+    );
+}
+
+/// Anthropic translation: the first byte picks the direction, the rest is the body or stream.
+pub fn anthropic_translate(data: &[u8]) {
+    let Some((&mode, rest)) = data.split_first() else {
+        return;
+    };
+    match mode % 6 {
+        0 => {
+            if let Ok(v) = serde_json::from_slice::<Value>(rest) {
+                let _ = anthropic::include_usage(&v);
+                let _ = anthropic::openai_to_anthropic_request(&v);
+            }
+        }
+        1 => {
+            if let Ok(v) = serde_json::from_slice::<Value>(rest) {
+                let _ = anthropic::anthropic_to_openai_request(&v);
+            }
+        }
+        2 => {
+            let _ = anthropic::anthropic_error_to_openai(400 + u16::from(mode % 200), rest);
+            if let Ok(v) = serde_json::from_slice::<Value>(rest) {
+                let _ = anthropic::anthropic_to_openai_response(&v, "claude-mock", 1);
+            }
+        }
+        3 => {
+            let _ = anthropic::openai_error_to_anthropic(400 + u16::from(mode % 200), rest);
+            if let Ok(v) = serde_json::from_slice::<Value>(rest) {
+                let _ = anthropic::openai_to_anthropic_response(&v, "claude-mock");
+            }
+        }
+        4 => {
+            let mut t = AnthropicToOpenAiStream::new("claude-mock", 1, mode & 8 != 0);
+            for chunk in chunks(rest) {
+                if t.feed(chunk).is_err() {
+                    return;
+                }
+            }
+            let _ = t.finish();
+            let _ = (t.usage(), t.emitted_token(), t.is_done(), t.finish_reason());
+        }
+        _ => {
+            let mut t = OpenAiToAnthropicStream::new("gpt-mock");
+            for chunk in chunks(rest) {
+                if t.feed(chunk).is_err() {
+                    return;
+                }
+            }
+            let _ = t.finish();
+            let _ = (t.usage(), t.emitted_token(), t.is_done());
+        }
+    }
+}
+
+/// Avro single-object messages: decoding never panics; what decodes re-encodes and decodes
+/// to the same event.
+pub fn avro_decode(data: &[u8]) {
+    let Ok(event) = tollgate_schemas::decode(data) else {
+        return;
+    };
+    if let Ok(bytes) = tollgate_schemas::encode(&event) {
+        let again = tollgate_schemas::decode(&bytes);
+        assert!(
+            again.is_ok(),
+            "a re-encoded event does not decode: {again:?}"
+        );
+    }
+}
