@@ -8,6 +8,7 @@
 
 pub mod budgets;
 pub mod event;
+pub mod evolution;
 pub mod migrate;
 pub mod redis_keys;
 pub mod telemetry;
