@@ -143,7 +143,9 @@ async fn webhooks_credit_once_and_unblock_within_a_second() {
     let replies = support::load_until_refused(&stack, key, 2, 100, Duration::from_secs(30))
         .await
         .unwrap();
-    assert_eq!(replies.last().map(|r| r.code()), Some("budget_exceeded"));
+    // A request of the other worker may still finish (200) after the first refusal.
+    let refused = replies.iter().find(|r| r.status == 429);
+    assert_eq!(refused.map(|r| r.code()), Some("budget_exceeded"));
     support::wait_rows_settled(&stack, Duration::from_secs(30))
         .await
         .unwrap();
