@@ -28,17 +28,19 @@ pub struct LatencySummary {
 impl LatencySummary {
     /// Summarises a histogram of microsecond samples (all zero when empty).
     pub fn from_histogram(h: &Histogram<u64>) -> Self {
-        if h.is_empty() {
-            return Self::default();
-        }
-        let ms = |us: u64| us as f64 / 1000.0;
+        Self::from(super::recorder::Percentiles::from_histogram(h))
+    }
+}
+
+impl From<super::recorder::Percentiles> for LatencySummary {
+    fn from(p: super::recorder::Percentiles) -> Self {
         Self {
-            count: h.len(),
-            mean_ms: h.mean() / 1000.0,
-            p50_ms: ms(h.value_at_quantile(0.50)),
-            p90_ms: ms(h.value_at_quantile(0.90)),
-            p99_ms: ms(h.value_at_quantile(0.99)),
-            max_ms: ms(h.max()),
+            count: p.count,
+            mean_ms: p.mean_ms,
+            p50_ms: p.p50_ms,
+            p90_ms: p.p90_ms,
+            p99_ms: p.p99_ms,
+            max_ms: p.max_ms,
         }
     }
 }
