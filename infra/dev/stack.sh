@@ -357,11 +357,11 @@ cmd_install() {
     log "tansu: installed ($(tansu_bin))"
   fi
 
-  if python3 -c 'import chdb, openai, anthropic, kubernetes_validate, check_jsonschema' >/dev/null 2>&1 && python3 -m pytest --version >/dev/null 2>&1; then
+  if python3 -c 'import chdb, openai, anthropic, kubernetes_validate, check_jsonschema, yaml' >/dev/null 2>&1 && python3 -m pytest --version >/dev/null 2>&1; then
     log "python: chdb, openai, anthropic, pytest, kubernetes-validate and check-jsonschema already installed"
   else
-    log "python: pip install chdb-core pytest openai anthropic kubernetes-validate check-jsonschema"
-    python3 -m pip install -q chdb-core pytest openai anthropic kubernetes-validate check-jsonschema
+    log "python: pip install chdb-core pytest openai anthropic kubernetes-validate check-jsonschema pyyaml"
+    python3 -m pip install -q chdb-core pytest openai anthropic kubernetes-validate check-jsonschema pyyaml
   fi
   log "install: done"
 }
