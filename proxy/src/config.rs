@@ -151,7 +151,12 @@ pub struct RedisConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaConfig {
+    /// Publish usage events (metering). `false` turns metering off: no events, no spool,
+    /// `brokers` may be empty (a pure routing gateway; budgets then see no spend).
+    #[serde(default = "defaults::yes")]
+    pub enabled: bool,
     /// Bootstrap servers, `host:port[,host:port]`.
+    #[serde(default)]
     pub brokers: String,
     /// Usage topic.
     #[serde(default = "defaults::topic")]
@@ -398,7 +403,7 @@ impl ProxyConfig {
                 return Err(invalid("redis.resync_ms", "must be at least 100"));
             }
         }
-        if self.kafka.brokers.trim().is_empty() {
+        if self.kafka.enabled && self.kafka.brokers.trim().is_empty() {
             return Err(invalid("kafka.brokers", "must list at least one host:port"));
         }
         if self.kafka.topic.trim().is_empty() {
@@ -462,6 +467,19 @@ kafka:
         cfg.validate().unwrap();
         assert_eq!(cfg.kafka.topic, "tollgate.usage.v1");
         assert_eq!(cfg.listen.port(), 8080);
+    }
+
+    #[test]
+    fn metering_off_needs_no_brokers_but_on_does() {
+        let off = BASE.replace("  brokers: 127.0.0.1:9092", "  enabled: false");
+        ProxyConfig::from_yaml(&off, "t").unwrap().validate().unwrap();
+        let on = BASE.replace("  brokers: 127.0.0.1:9092", "  enabled: true");
+        let err = ProxyConfig::from_yaml(&on, "t")
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("kafka.brokers"), "{err}");
     }
 
     #[test]

@@ -117,7 +117,8 @@ impl PublisherStats {
 /// Cheap, cloneable handle used by requests to submit events.
 #[derive(Clone, Debug)]
 pub struct UsageSink {
-    tx: mpsc::Sender<UsageEvent>,
+    /// `None` when metering is off (`kafka.enabled: false`): events are discarded.
+    tx: Option<mpsc::Sender<UsageEvent>>,
     seq: Arc<AtomicI64>,
     stats: Arc<PublisherStats>,
 }
@@ -125,8 +126,9 @@ pub struct UsageSink {
 impl UsageSink {
     /// Stamp the event with the next `proxy_seq` and queue it; never waits.
     pub fn submit(&self, mut event: UsageEvent) {
+        let Some(tx) = &self.tx else { return };
         event.proxy_seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
-        match self.tx.try_send(event) {
+        match tx.try_send(event) {
             Ok(()) => {
                 self.stats.submitted.fetch_add(1, Ordering::Relaxed);
                 metrics::counter!(telemetry::USAGE_EVENTS_SUBMITTED).increment(1);
@@ -150,8 +152,13 @@ pub enum PublisherError {
     Spool(#[from] SpoolError),
 }
 
-/// The publishing tasks and their producer.
+/// The publishing tasks and their producer (none when metering is off).
 pub struct Publisher {
+    stats: Arc<PublisherStats>,
+    running: Option<Running>,
+}
+
+struct Running {
     task: tokio::task::JoinHandle<()>,
     replayer: tokio::task::JoinHandle<()>,
     syncer: tokio::task::JoinHandle<()>,
@@ -163,7 +170,8 @@ pub struct Publisher {
 impl std::fmt::Debug for Publisher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Publisher")
-            .field("stats", &self.shared.stats)
+            .field("stats", &self.stats)
+            .field("enabled", &self.running.is_some())
             .finish()
     }
 }
@@ -182,6 +190,19 @@ impl Publisher {
     /// Like [`Publisher::start`], with a typed error.
     pub fn open(cfg: &KafkaConfig) -> Result<(Self, UsageSink), PublisherError> {
         let stats = Arc::new(PublisherStats::default());
+        if !cfg.enabled {
+            tracing::warn!("usage metering is off (kafka.enabled: false): no usage events");
+            let sink = UsageSink {
+                tx: None,
+                seq: Arc::new(AtomicI64::new(0)),
+                stats: stats.clone(),
+            };
+            let off = Self {
+                stats,
+                running: None,
+            };
+            return Ok((off, sink));
+        }
         let spool = if cfg.spool.enabled {
             Some(Spool::open(&cfg.spool)?)
         } else {
@@ -201,18 +222,22 @@ impl Publisher {
         let sync_every = Duration::from_millis(cfg.spool.fsync_interval_ms.max(1));
         let syncer = tokio::spawn(sync_loop(shared.clone(), sync_every, stopped));
         let sink = UsageSink {
-            tx,
+            tx: Some(tx),
             seq: Arc::new(AtomicI64::new(0)),
-            stats,
+            stats: stats.clone(),
+        };
+        let running = Running {
+            task,
+            replayer,
+            syncer,
+            stop,
+            slot,
+            shared,
         };
         Ok((
             Self {
-                task,
-                replayer,
-                syncer,
-                stop,
-                slot,
-                shared,
+                stats,
+                running: Some(running),
             },
             sink,
         ))
@@ -220,12 +245,20 @@ impl Publisher {
 
     /// Counters.
     pub fn stats(&self) -> Arc<PublisherStats> {
-        self.shared.stats.clone()
+        self.stats.clone()
     }
 
     /// Drain the queue (once every sink is dropped), flush the producer, put whatever Kafka did
     /// not acknowledge into the spool and fsync it.
     pub async fn shutdown(self, timeout: Duration) {
+        if let Some(running) = self.running {
+            running.shutdown(timeout).await;
+        }
+    }
+}
+
+impl Running {
+    async fn shutdown(self, timeout: Duration) {
         let deadline = tokio::time::Instant::now() + timeout;
         if tokio::time::timeout(timeout, self.task).await.is_err() {
             tracing::warn!("usage queue not drained in time: a sink is still alive");

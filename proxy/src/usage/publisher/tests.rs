@@ -16,6 +16,7 @@ fn spool_cfg(dir: &Path, max_bytes: u64) -> SpoolConfig {
 
 fn kafka_cfg(dir: &Path) -> KafkaConfig {
     KafkaConfig {
+        enabled: true,
         // Nothing listens on port 1: every delivery fails.
         brokers: "127.0.0.1:1".into(),
         topic: "t".into(),
@@ -117,6 +118,21 @@ async fn shutdown_without_a_broker_spools_everything_for_the_next_process() {
         .collect();
     assert_eq!(spooled, ids);
     assert_eq!(batch.events[1].key, b"acct_1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metering_off_discards_events_and_touches_no_spool() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool_dir = dir.path().join("never-created");
+    let mut cfg = kafka_cfg(&spool_dir);
+    cfg.enabled = false;
+    cfg.brokers.clear();
+    let (publisher, sink) = Publisher::start(&cfg).unwrap();
+    sink.submit(UsageEvent::default());
+    let stats = publisher.stats();
+    publisher.shutdown(Duration::from_millis(100)).await;
+    assert_eq!(stats.counts(), PublisherCounts::default());
+    assert!(!spool_dir.exists(), "metering off must not open a spool");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
