@@ -40,6 +40,8 @@ pub struct AggregatorConfig {
     /// Address of the HTTP listener serving `/metrics`, `/healthz` and `/readyz`
     /// (port 0 picks a free port).
     pub listen: String,
+    /// TLS on that listener; absent: plain HTTP.
+    pub tls: Option<tollgate_schemas::tls::TlsConfig>,
     /// Kafka consumer settings.
     pub kafka: KafkaConfig,
     /// ClickHouse connection.
@@ -58,6 +60,7 @@ impl Default for AggregatorConfig {
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:8082".into(),
+            tls: None,
             kafka: KafkaConfig::default(),
             clickhouse: ClickHouseConfig::default(),
             batch: BatchConfig::default(),
@@ -290,6 +293,13 @@ impl AggregatorConfig {
                 "must be an IP:port address, e.g. 127.0.0.1:8082",
             ));
         }
+        if let Some(t) = &self.tls {
+            // The files are read now, so a bad path fails at load naming its key.
+            tollgate_schemas::tls::acceptor_at("tls", t).map_err(|e| ConfigError::Invalid {
+                key: e.key().into(),
+                message: e.detail(),
+            })?;
+        }
         if self.kafka.session_timeout_ms < 1_000 {
             return Err(invalid("kafka.session_timeout_ms", "must be at least 1000"));
         }
@@ -369,6 +379,23 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("clickhouse.cluster"));
+    }
+
+    #[test]
+    fn unreadable_tls_files_name_their_key() {
+        let mut cfg: AggregatorConfig = serde_yaml::from_str(
+            "tls: {cert_file: /nonexistent/c.pem, key_file: /nonexistent/k.pem}",
+        )
+        .unwrap();
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(err.contains("`tls.cert_file`"), "{err}");
+        assert!(err.contains("/nonexistent/c.pem"), "{err}");
+        let err = serde_yaml::from_str::<AggregatorConfig>("tls: {cert_file: a, key: b}")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("key"), "{err}");
+        cfg.tls = None;
+        cfg.validate().unwrap();
     }
 
     #[test]

@@ -1,8 +1,10 @@
 //! The aggregator's HTTP listener: `/metrics` (Prometheus text), `/healthz` (the process
 //! answers) and `/readyz` (the consume loop runs and ClickHouse answers; 503 with the reason
-//! otherwise).
+//! otherwise). Served by the shared [`tollgate_schemas::listener`]: header read timeout and
+//! optional TLS (`tls:` of the config).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -11,6 +13,7 @@ use axum::routing::get;
 use axum::Router;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tollgate_schemas::tls::TlsAcceptor;
 
 use crate::state::Shared;
 
@@ -44,24 +47,27 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .with_state(shared)
 }
 
-/// Serve until `stop` turns true.
+/// Serve plain HTTP until `stop` turns true.
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>, stop: watch::Receiver<bool>) {
-    serve_with(listener, shared, Router::new(), stop).await;
+    serve_with(listener, shared, Router::new(), None, stop).await;
 }
 
-/// [`serve`] with more routes (the payment webhook).
+/// [`serve`] with more routes (the payment webhook), over TLS when `tls` is set.
 pub async fn serve_with(
     listener: TcpListener,
     shared: Arc<Shared>,
     extra: Router,
+    tls: Option<TlsAcceptor>,
     mut stop: watch::Receiver<bool>,
 ) {
     let shutdown = async move {
         let _ = stop.wait_for(|s| *s).await;
     };
-    if let Err(e) = axum::serve(listener, router(shared).merge(extra))
-        .with_graceful_shutdown(shutdown)
-        .await
+    let header_timeout =
+        Duration::from_millis(tollgate_schemas::listener::default_header_read_timeout_ms());
+    let app = router(shared).merge(extra);
+    if let Err(e) =
+        tollgate_schemas::listener::serve(listener, app, header_timeout, tls, shutdown).await
     {
         tracing::error!(error = %e, "aggregator HTTP listener failed");
     }

@@ -52,6 +52,9 @@ pub enum StartError {
     /// The budget settings are unusable.
     #[error(transparent)]
     Budgets(#[from] budget::BudgetsError),
+    /// `tls` is unusable (the error names the key).
+    #[error(transparent)]
+    Tls(#[from] tollgate_schemas::tls::TlsError),
     /// The HTTP listener could not bind.
     #[error("cannot listen on {addr}: {source}")]
     Listen {
@@ -75,6 +78,11 @@ pub struct AggregatorHandle {
 /// start the loop.
 pub async fn start(cfg: AggregatorConfig) -> Result<AggregatorHandle, StartError> {
     telemetry::install();
+    let tls = cfg
+        .tls
+        .as_ref()
+        .map(|t| tollgate_schemas::tls::acceptor_at("tls", t))
+        .transpose()?;
     let listen_err = |source| StartError::Listen {
         addr: cfg.listen.clone(),
         source,
@@ -128,6 +136,7 @@ pub async fn start(cfg: AggregatorConfig) -> Result<AggregatorHandle, StartError
             listener,
             shared.clone(),
             extra,
+            tls,
             stopped.clone(),
         )),
     ];

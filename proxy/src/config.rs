@@ -125,6 +125,9 @@ pub struct AdminConfig {
     /// Environment variable holding the admin key.
     #[serde(default)]
     pub key_env: Option<String>,
+    /// TLS on the admin listener; absent: plain HTTP.
+    #[serde(default)]
+    pub tls: Option<crate::tls::TlsConfig>,
     /// The proxy's parsed `upstream_allowlist` (set by [`ProxyConfig::from_yaml`]).
     #[serde(skip)]
     pub allowlist: crate::allowlist::Allowlist,
@@ -386,6 +389,13 @@ impl ProxyConfig {
                 _ => {}
             }
         }
+        // TLS files are read now, so a bad path fails `--check` naming its key.
+        let admin_tls = self.admin.as_ref().and_then(|a| a.tls.as_ref());
+        for (key, tls) in [("tls", self.tls.as_ref()), ("admin.tls", admin_tls)] {
+            if let Some(t) = tls {
+                crate::tls::acceptor_at(key, t).map_err(|e| invalid(e.key(), e.detail()))?;
+            }
+        }
         if let Some(r) = &self.redis {
             if !(r.url.starts_with("redis://") || r.url.starts_with("rediss://")) {
                 return Err(invalid(
@@ -472,7 +482,10 @@ kafka:
     #[test]
     fn metering_off_needs_no_brokers_but_on_does() {
         let off = BASE.replace("  brokers: 127.0.0.1:9092", "  enabled: false");
-        ProxyConfig::from_yaml(&off, "t").unwrap().validate().unwrap();
+        ProxyConfig::from_yaml(&off, "t")
+            .unwrap()
+            .validate()
+            .unwrap();
         let on = BASE.replace("  brokers: 127.0.0.1:9092", "  enabled: true");
         let err = ProxyConfig::from_yaml(&on, "t")
             .unwrap()

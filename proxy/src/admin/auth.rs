@@ -101,6 +101,7 @@ mod tests {
             listen: "127.0.0.1:0".parse().unwrap(),
             key_sha256: hash.map(str::to_string),
             key_env: env.map(str::to_string),
+            tls: None,
             allowlist: Default::default(),
         }
     }

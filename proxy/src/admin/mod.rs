@@ -45,6 +45,9 @@ pub enum AdminStartError {
         /// IO error.
         source: std::io::Error,
     },
+    /// `admin.tls` is unusable (the error names the key).
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// The admin routes.
@@ -113,7 +116,7 @@ pub fn router(state: AdminState, keys: AdminKeys) -> Router {
         .with_state(state)
 }
 
-/// A running admin listener.
+/// A running admin listener (HTTPS when `admin.tls` is set).
 #[derive(Debug)]
 pub struct AdminServer {
     addr: SocketAddr,
@@ -135,6 +138,11 @@ impl AdminServer {
         credits: Option<Credits>,
     ) -> Result<Self, AdminStartError> {
         let keys = AdminKeys::from_config(cfg, |k| std::env::var(k).ok())?;
+        let tls = cfg
+            .tls
+            .as_ref()
+            .map(|t| crate::tls::acceptor_at("admin.tls", t))
+            .transpose()?;
         let bind_err = |source| AdminStartError::Bind {
             addr: cfg.listen,
             source,
@@ -149,14 +157,19 @@ impl AdminServer {
         };
         let app = router(state, keys);
         let (stop, mut stopped) = watch::channel(false);
-        let task = tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = stopped.wait_for(|s| *s).await;
-                })
-                .await
-        });
-        tracing::info!(%addr, "admin API listening");
+        let header_timeout =
+            Duration::from_millis(crate::listener::default_header_read_timeout_ms());
+        let https = tls.is_some();
+        let task = tokio::spawn(crate::listener::serve(
+            listener,
+            app,
+            header_timeout,
+            tls,
+            async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            },
+        ));
+        tracing::info!(%addr, https, "admin API listening");
         Ok(Self { addr, stop, task })
     }
 
