@@ -10,11 +10,16 @@
 //! different points (catching up a backlog) a number missing from one partition's stream may
 //! simply not have been read yet from another. Gaps count only while this instance owns every
 //! partition and `lag × partitions` stays within half the gap window.
+//!
+//! It also watches the partitions this instance does not own ([`orphans`]): a backlog whose
+//! committed offset stays put for longer than the stall time means no member consumes it.
+
+pub mod orphans;
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rdkafka::consumer::Consumer;
 use rdkafka::{Offset, TopicPartitionList};
@@ -23,6 +28,7 @@ use tollgate_schemas::telemetry::AGG_LAG;
 
 use crate::consumer::{assigned, UsageConsumer};
 use crate::state::Shared;
+use orphans::{OrphanWatch, PartitionView};
 
 const TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -33,6 +39,7 @@ fn sample(
     shared: &Shared,
     window: u64,
     previous: &mut Vec<i32>,
+    watch: &mut OrphanWatch,
 ) {
     if let Ok(md) = consumer.fetch_metadata(Some(topic), TIMEOUT) {
         if let Some(t) = md.topics().iter().find(|t| t.name() == topic) {
@@ -87,6 +94,51 @@ fn sample(
     shared
         .gaps_reliable
         .store(reliable && unchanged, Ordering::Relaxed);
+    watch_unowned(consumer, topic, shared, &parts, total, watch);
+}
+
+/// Look at the partitions this instance does not own and publish the orphaned ones.
+fn watch_unowned(
+    consumer: &UsageConsumer,
+    topic: &str,
+    shared: &Shared,
+    parts: &[i32],
+    total: usize,
+    watch: &mut OrphanWatch,
+) {
+    let others: Vec<i32> = (0..total as i32).filter(|p| !parts.contains(p)).collect();
+    let mut views = Vec::with_capacity(others.len());
+    if !others.is_empty() {
+        let mut tpl = TopicPartitionList::new();
+        for p in &others {
+            tpl.add_partition(topic, *p);
+        }
+        // A failed look-up proves nothing: keep the previous verdict.
+        let Ok(committed) = consumer.committed_offsets(tpl, TIMEOUT) else {
+            return;
+        };
+        for &p in &others {
+            let Ok((low, high)) = consumer.fetch_watermarks(topic, p, TIMEOUT) else {
+                return;
+            };
+            let committed = committed
+                .find_partition(topic, p)
+                .and_then(|e| match e.offset() {
+                    Offset::Offset(o) => Some(o),
+                    _ => None,
+                });
+            views.push(PartitionView {
+                partition: p,
+                committed,
+                low,
+                high,
+            });
+        }
+    }
+    let found = watch.observe(Instant::now(), parts, &views);
+    if let Ok(mut o) = shared.orphans.lock() {
+        *o = found;
+    }
 }
 
 /// Sample every `every` until `stop` turns true; `window` is `sequence.window`.
@@ -99,19 +151,30 @@ pub async fn run(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut previous = Vec::new();
+    let mut watch = OrphanWatch::new(shared.orphan_stall());
+    let mut rejoins = shared.stats.rejoins.load(Ordering::Relaxed);
     loop {
+        let now_rejoins = shared.stats.rejoins.load(Ordering::Relaxed);
+        if now_rejoins != rejoins {
+            rejoins = now_rejoins;
+            watch.reset();
+        }
         let c = consumer.clone();
         let t = topic.clone();
         let s = shared.clone();
         let prev = std::mem::take(&mut previous);
+        let w = std::mem::replace(&mut watch, OrphanWatch::new(shared.orphan_stall()));
         match tokio::task::spawn_blocking(move || {
-            let mut prev = prev;
-            sample(&c, &t, &s, window, &mut prev);
-            prev
+            let (mut prev, mut w) = (prev, w);
+            sample(&c, &t, &s, window, &mut prev, &mut w);
+            (prev, w)
         })
         .await
         {
-            Ok(p) => previous = p,
+            Ok((p, w)) => {
+                previous = p;
+                watch = w;
+            }
             Err(e) => tracing::warn!(error = %e, "lag sampler failed"),
         }
         if tokio::time::timeout(every, stop.wait_for(|s| *s))

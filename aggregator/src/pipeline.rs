@@ -10,6 +10,9 @@
 //! After every rebalance the buffers of revoked partitions are dropped (their new owner
 //! re-reads them from the committed offset) and retained ones are re-verified against
 //! ClickHouse before their next write.
+//!
+//! When the lag sampler finds orphaned partitions (a backlog no member consumes, see
+//! [`crate::lag::orphans`]) the loop leaves and rejoins the group, at most once per stall time.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -21,7 +24,8 @@ use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tollgate_schemas::telemetry::{
-    AGG_CONSUMED, AGG_DUPLICATES, AGG_GAPS, AGG_INSERTED, AGG_SEQUENCE_LATE, AGG_SKIPPED,
+    AGG_CONSUMED, AGG_DUPLICATES, AGG_GAPS, AGG_GROUP_REJOINS, AGG_INSERTED, AGG_SEQUENCE_LATE,
+    AGG_SKIPPED,
 };
 
 use crate::buffer::{Body, Buffers, Msg};
@@ -47,6 +51,7 @@ pub struct Pipeline {
     tracker: SequenceTracker,
     shared: Arc<Shared>,
     budgets: Option<crate::budget::Budgets>,
+    last_rejoin: Option<Instant>,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -72,6 +77,10 @@ impl Pipeline {
         sink: ClickHouseSink,
         shared: Arc<Shared>,
     ) -> Self {
+        // A crashed member keeps its partitions for a session timeout; only a backlog that
+        // stands still well past that is orphaned.
+        let stall = cfg.kafka.session_timeout_ms.saturating_mul(2) + 5_000;
+        shared.orphan_stall_ms.store(stall, Ordering::Relaxed);
         Self {
             consumer,
             sink,
@@ -86,6 +95,7 @@ impl Pipeline {
             tracker: SequenceTracker::new(cfg.sequence.window, cfg.sequence.max_proxies),
             shared,
             budgets: None,
+            last_rejoin: None,
         }
     }
 
@@ -128,6 +138,7 @@ impl Pipeline {
                 Event::Tick => {}
             }
             self.flush_due().await;
+            self.rejoin_if_orphaned();
         }
         let buffered: Vec<i32> = self
             .buffers
@@ -183,6 +194,37 @@ impl Pipeline {
             positions.clear();
         }
         self.tracker.reset();
+    }
+
+    /// Leave and rejoin the group when the lag sampler reports orphaned partitions; at most
+    /// once per stall time, and not while ClickHouse fails (a member stuck on a failing
+    /// ClickHouse also stops committing).
+    fn rejoin_if_orphaned(&mut self) {
+        let stall = self.shared.orphan_stall();
+        if self.last_rejoin.is_some_and(|t| t.elapsed() < stall)
+            || !self.shared.clickhouse_ok.load(Ordering::Relaxed)
+        {
+            return;
+        }
+        let orphans = match self.shared.orphans.lock() {
+            Ok(mut o) if !o.partitions.is_empty() => std::mem::take(&mut *o),
+            _ => return,
+        };
+        tracing::warn!(
+            partitions = ?orphans.partitions,
+            stalled_secs = orphans.stalled_for.as_secs(),
+            assigned = ?self.assigned,
+            "partitions have unconsumed events and no consumer; rejoining the consumer group"
+        );
+        self.last_rejoin = Some(Instant::now());
+        self.shared.stats.rejoins.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!(AGG_GROUP_REJOINS).increment(1);
+        // Unsubscribing leaves the group (revoking what this instance holds: its buffers are
+        // dropped at the rebalance and re-read); subscribing joins with a fresh member id.
+        self.consumer.unsubscribe();
+        if let Err(e) = self.consumer.subscribe(&[&self.topic]) {
+            tracing::error!(error = %e, "cannot subscribe again after leaving the group");
+        }
     }
 
     fn accept(&mut self, partition: i32, msg: Msg) {

@@ -3,6 +3,12 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
+use std::time::Duration;
+
+use crate::lag::orphans::Orphans;
+
+/// Stall time before an unowned backlog counts as orphaned, until the pipeline sets it.
+const DEFAULT_ORPHAN_STALL: Duration = Duration::from_secs(25);
 
 /// Counters of one aggregator instance (also exported as Prometheus metrics).
 #[derive(Debug, Default)]
@@ -25,6 +31,8 @@ pub struct AggregatorStats {
     pub gaps: AtomicU64,
     /// `proxy_seq` duplicates counted.
     pub duplicates: AtomicU64,
+    /// Group rejoins forced because partitions were orphaned.
+    pub rejoins: AtomicU64,
 }
 
 impl AggregatorStats {
@@ -55,6 +63,12 @@ pub struct Shared {
     pub assigned: Mutex<Vec<i32>>,
     /// Next offset to store per assigned partition (committed position), as far as known.
     pub positions: Mutex<HashMap<i32, i64>>,
+    /// Partitions with a backlog that no member of the group consumes (set by the lag
+    /// sampler; the pipeline rejoins the group when not empty).
+    pub orphans: Mutex<Orphans>,
+    /// How long (ms) an unowned backlog may stand still before it counts as orphaned; 0 for
+    /// the default (set by the pipeline from the session timeout).
+    pub orphan_stall_ms: AtomicU64,
 }
 
 impl Shared {
@@ -70,6 +84,14 @@ impl Shared {
         }
     }
 
+    /// How long an unowned backlog may stand still before it counts as orphaned.
+    pub fn orphan_stall(&self) -> Duration {
+        match self.orphan_stall_ms.load(Ordering::Relaxed) {
+            0 => DEFAULT_ORPHAN_STALL,
+            ms => Duration::from_millis(ms),
+        }
+    }
+
     /// Why the instance is not ready, if it is not.
     pub fn not_ready(&self) -> Option<String> {
         if !self.running.load(Ordering::Relaxed) {
@@ -82,6 +104,16 @@ impl Shared {
                 .map(|l| l.clone())
                 .unwrap_or_default();
             return Some(format!("ClickHouse failing: {last}"));
+        }
+        if let Ok(o) = self.orphans.lock() {
+            if !o.partitions.is_empty() {
+                return Some(format!(
+                    "partitions {:?} have unconsumed events and no consumer for {} s; \
+                     rejoining the consumer group",
+                    o.partitions,
+                    o.stalled_for.as_secs()
+                ));
+            }
         }
         None
     }

@@ -9,10 +9,13 @@
 # ClickHouse is the shared one (a fresh database per run).
 #
 # Prints: requests sent / answered 2xx, rows in ClickHouse, lost (2xx without a row),
-# duplicated (rows beyond one per request), and the max RSS of every process.
+# duplicated (rows beyond one per request), the max RSS of every process and its RSS over time,
+# forced consumer-group rejoins. Before counting it waits (DRAIN_DEADLINE seconds, default
+# 300) until the group's committed offsets reach the topic's end (read from the private Tansu
+# store) and the proxy's spool is empty, and prints how long that took.
 #
 # Env: DURATION, RATE (req/s, default 20), RESTART_EVERY, OUTAGE, SOAK_PROFILE (release|debug,
-# default release), SOAK_KEEP=1 keeps the temp dir.
+# default release), SOAK_KEEP=1 keeps the temp dir, SOAK_NO_BUILD=1 uses the binaries already built.
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -21,13 +24,16 @@ DURATION=${DURATION:-3600}
 RATE=${RATE:-20}
 RESTART_EVERY=${RESTART_EVERY:-60}
 OUTAGE=${OUTAGE:-10}
+DRAIN_DEADLINE=${DRAIN_DEADLINE:-300}
 PROFILE=${SOAK_PROFILE:-release}
 BIN=${CARGO_TARGET_DIR:-$REPO/target}/$PROFILE
 
 log() { printf '[soak %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
-if [[ $PROFILE == release ]]; then
+if [[ ${SOAK_NO_BUILD:-0} == 1 ]]; then
+  : # use the binaries already in $BIN
+elif [[ $PROFILE == release ]]; then
   (cd "$REPO" && cargo build --release -p tollgate-proxy -p tollgate-aggregator -p tollgate-loadtest --bins)
 else
   (cd "$REPO" && cargo build -p tollgate-proxy -p tollgate-aggregator -p tollgate-loadtest --bins)
@@ -61,7 +67,18 @@ cleanup() {
 }
 trap cleanup EXIT
 
-priv start kafka >/dev/null
+# Tansu 0.6 sometimes exits right after a quick restart (a panic in its group store); retry.
+start_kafka() {
+  local try
+  for try in 1 2 3; do
+    priv start kafka >/dev/null 2>>"$WORK/logs/stack.log" && return 0
+    log "broker did not start (try $try; see $WORK/state/logs/kafka.log); retrying"
+    KAFKA_RETRIES=$((${KAFKA_RETRIES:-0} + 1))
+    sleep 1
+  done
+  priv start kafka >/dev/null
+}
+start_kafka
 priv start redis >/dev/null
 priv topic "$TOPIC" 4 >/dev/null
 
@@ -139,8 +156,10 @@ svc_pid() {
     *) cat "$WORK/pids/$1" 2>/dev/null ;;
   esac
 }
+# The current VmRSS of every process also goes to rss/series.tsv (seconds, name, kB).
+T0=$(date +%s)
 sample_rss() {
-  local name pid kb old
+  local name pid kb old cur
   for name in proxy aggregator mock loadtest kafka redis; do
     pid=$(svc_pid "$name") || continue
     [[ -n $pid && -r /proc/$pid/status ]] || continue
@@ -148,6 +167,8 @@ sample_rss() {
     [[ -n $kb ]] || continue
     old=$(cat "$WORK/rss/$name" 2>/dev/null || echo 0)
     ((kb > old)) && echo "$kb" >"$WORK/rss/$name"
+    cur=$(awk '/^VmRSS:/{print $2}' "/proc/$pid/status" 2>/dev/null) || continue
+    [[ -n $cur ]] && printf '%s\t%s\t%s\n' "$(($(date +%s) - T0))" "$name" "$cur" >>"$WORK/rss/series.tsv"
   done
   return 0
 }
@@ -180,7 +201,7 @@ while kill -0 "$LOADTEST" 2>/dev/null; do
       log "restart: broker (down ${OUTAGE}s)"
       priv stop kafka >/dev/null
       sleep "$OUTAGE"
-      priv start kafka >/dev/null
+      start_kafka
       ;;
     redis)
       log "restart: redis (down ${OUTAGE}s)"
@@ -197,6 +218,52 @@ while kill -0 "$LOADTEST" 2>/dev/null; do
   esac
   COUNT[$what]=$((COUNT[$what] + 1))
 done
+
+# Kafka side of the count: messages in the topic and the group's committed offsets, read from
+# the private Tansu's SQLite store (read-only; no Kafka client needed).
+kafka_offsets() {
+  python3 - "$WORK/state/tansu/tansu.db" "$TOPIC" "$GROUP" <<'EOF'
+import sqlite3, sys
+db, topic, group = sys.argv[1:]
+try:
+    c = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+    rows = c.execute(
+        "SELECT tp.partition, (SELECT max(offset_id) + 1 FROM record r WHERE r.topition = tp.id), "
+        "(SELECT co.committed_offset FROM consumer_offset co JOIN consumer_group cg "
+        " ON cg.id = co.consumer_group WHERE co.topition = tp.id AND cg.name = ?) "
+        "FROM topition tp JOIN topic t ON t.id = tp.topic WHERE t.name = ? ORDER BY tp.partition",
+        (group, topic)).fetchall()
+except Exception as e:  # noqa: BLE001
+    print(f"? ? error:{type(e).__name__}")
+    sys.exit(0)
+high = sum(h or 0 for _, h, _ in rows)
+lag = sum(max((h or 0) - (co or 0), 0) for _, h, co in rows)
+print(high, lag, " ".join(f"p{p}:{co or 0}/{h or 0}" for p, h, co in rows))
+EOF
+}
+proxy_spool() {
+  curl -fsS "http://127.0.0.1:$PROXY_PORT/metrics" 2>/dev/null |
+    awk '$1 == "tollgate_usage_spool_events" {print $2; f=1} END {if (!f) print "?"}'
+}
+# Wait for the measured part to end, then for the backlog to drain before counting.
+while kill -0 "$LOADTEST" 2>/dev/null && [[ ! -f $WORK/report.json ]]; do sleep 1; done
+drain_start=$(date +%s)
+drained=no
+while (($(date +%s) - drain_start < DRAIN_DEADLINE)); do
+  read -r _ lag _ < <(kafka_offsets)
+  spool=$(proxy_spool)
+  if [[ $lag == 0 && ($spool == 0 || $spool == "?") ]]; then
+    drained=yes
+    break
+  fi
+  sleep 1
+done
+DRAIN_SECS=$(($(date +%s) - drain_start))
+read -r KAFKA_MSGS KAFKA_LAG KAFKA_DETAIL < <(kafka_offsets)
+log "drain: $drained after ${DRAIN_SECS}s (group lag $KAFKA_LAG, proxy spool $(proxy_spool))"
+# Forced rejoins of every aggregator incarnation (each logs its own).
+REJOINS=$(grep -c "rejoining the consumer group" "$WORK/logs/aggregator.log" || true)
+
 rc=0
 wait "$LOADTEST" || rc=$?
 sample_rss
@@ -204,9 +271,10 @@ sample_rss
 rows=$(curl -fsS "$CH_URL/?query=SELECT%20count()%20FROM%20$DB.usage_events" || echo "?")
 distinct=$(curl -fsS "$CH_URL/?query=SELECT%20uniqExact(request_id)%20FROM%20$DB.usage_events" || echo "?")
 verify=$(grep -o 'ClickHouse rows of run.*' "$WORK/logs/loadtest.out" || echo "verification missing (see $WORK/logs/loadtest.out)")
-python3 - "$WORK" "$rows" "$distinct" "$verify" "${COUNT[kafka]}" "${COUNT[aggregator]}" "${COUNT[redis]}" "$DURATION" <<'EOF'
+python3 - "$WORK" "$rows" "$distinct" "$verify" "${COUNT[kafka]}" "${COUNT[aggregator]}" "${COUNT[redis]}" "$DURATION" \
+  "$drained after ${DRAIN_SECS}s" "$KAFKA_MSGS" "$KAFKA_LAG" "$KAFKA_DETAIL" "${REJOINS:-0}" "${KAFKA_RETRIES:-0}" <<'EOF'
 import json, os, re, sys
-work, rows, distinct, verify, nk, na, nr, duration = sys.argv[1:]
+work, rows, distinct, verify, nk, na, nr, duration, drain, kmsgs, klag, kdetail, rejoins, kretries = sys.argv[1:]
 try:
     rep = json.load(open(os.path.join(work, "report.json")))
 except Exception:  # noqa: BLE001
@@ -228,18 +296,36 @@ def find(d, key, scalar=True):
 m = re.search(r"expected (\d+) rows (\d+) distinct (\d+) lost (\d+) duplicated (\d+) extra (\d+)", verify)
 print("\n==== soak figures ====")
 print(f"duration_secs        {duration}")
-print(f"restarts             broker {nk}, aggregator {na}, redis {nr}")
+print(f"restarts             broker {nk}, aggregator {na}, redis {nr} (broker start retries {kretries})")
 print(f"requests sent        {find(rep, 'sent')}")
 print(f"requests 2xx         {m.group(1) if m else '?'}")
 print(f"status counts        {json.dumps(find(rep, 'status_counts', scalar=False))}")
 print(f"rows in ClickHouse   {rows.strip()} (distinct requests {distinct.strip()})")
 print(f"lost (2xx, no row)   {m.group(4) if m else '?'}")
 print(f"duplicated rows      {m.group(5) if m else '?'}")
+print(f"kafka messages       {kmsgs} (group lag {klag}; committed/end {kdetail})")
+print(f"drained              {drain} (group lag 0 and proxy spool empty)")
+print(f"group rejoins        {rejoins} (orphaned partitions the aggregator recovered)")
 print("max RSS (MiB):")
 for name in ["proxy", "aggregator", "mock", "loadtest", "kafka", "redis"]:
     p = os.path.join(work, "rss", name)
     kb = int(open(p).read().strip()) if os.path.exists(p) else 0
     print(f"  {name:<12} {kb / 1024:8.1f}")
+series = {}
+try:
+    for line in open(os.path.join(work, "rss", "series.tsv")):
+        t, name, kb = line.split()
+        series.setdefault(name, []).append((int(t), int(kb)))
+except OSError:
+    pass
+if series:
+    print("RSS over time (MiB @ seconds, at 0/25/50/75/100 % of the samples):")
+    for name in ["proxy", "aggregator", "mock", "loadtest", "kafka", "redis"]:
+        pts = series.get(name, [])
+        if not pts:
+            continue
+        picks = [pts[min(len(pts) - 1, round(q * (len(pts) - 1)))] for q in (0, 0.25, 0.5, 0.75, 1)]
+        print(f"  {name:<12} " + "  ".join(f"{kb / 1024:6.1f}@{t}s" for t, kb in picks))
 print(verify)
 EOF
 log "loadtest exit code $rc (0: verified, 3: rows missing or duplicated)"

@@ -61,6 +61,7 @@ catalogue! {
     AGG_INSERT_DURATION = "tollgate_aggregator_insert_duration_seconds", Histogram, [], "ClickHouse insert latency.";
     AGG_CLICKHOUSE_ERRORS = "tollgate_aggregator_clickhouse_errors_total", Counter, ["kind"], "ClickHouse errors, kind = transient | bad_data.";
     AGG_LAG = "tollgate_aggregator_consumer_lag_events", Gauge, ["partition"], "Messages behind the partition's high watermark.";
+    AGG_GROUP_REJOINS = "tollgate_aggregator_group_rejoins_total", Counter, [], "Consumer group rejoins forced because partitions had unconsumed events and no consumer (orphaned).";
     AGG_RESENDS_SKIPPED = "tollgate_aggregator_resends_skipped_total", Counter, [], "Events not stored again because their event_id was already stored (proxy spool re-sends).";
     AGG_GAPS = "tollgate_aggregator_sequence_gaps_total", Counter, [], "Missing proxy_seq numbers seen (events lost between proxy and Kafka).";
     AGG_DUPLICATES = "tollgate_aggregator_sequence_duplicates_total", Counter, [], "Repeated proxy_seq numbers seen (events produced twice).";
