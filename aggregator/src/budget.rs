@@ -16,11 +16,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, RwLock};
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::Script;
 use tokio::sync::mpsc;
 use tollgate_schemas::budgets::entities::scope_ref;
 use tollgate_schemas::budgets::{scripts, Budget, CreditAccount, Decision, Scope, Window};
+use tollgate_schemas::redis_conn::{ConnSettings, RedisConn, RedisTarget, TargetError};
 use tollgate_schemas::redis_keys::{self, ConfigKind};
 use tollgate_schemas::telemetry::BUDGET_REDIS_ERRORS;
 
@@ -40,8 +40,14 @@ pub(crate) const REDIS_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Failure to set budgets up.
 #[derive(Debug, thiserror::Error)]
-#[error("budgets: unusable redis settings: {0}")]
-pub struct BudgetsError(#[from] redis::RedisError);
+pub enum BudgetsError {
+    /// The connection settings were refused.
+    #[error("budgets: unusable redis settings: {0}")]
+    Redis(#[from] redis::RedisError),
+    /// `budgets.redis_url` is not usable.
+    #[error("budgets: {0}")]
+    Target(#[from] TargetError),
+}
 
 /// A failed Redis call.
 #[derive(Debug, thiserror::Error)]
@@ -90,8 +96,8 @@ pub struct Spend<'a> {
 
 /// Shared state.
 pub(crate) struct Inner {
-    pub(crate) conn: ConnectionManager,
-    pub(crate) client: redis::Client,
+    pub(crate) conn: RedisConn,
+    pub(crate) target: RedisTarget,
     pub(crate) prefix: String,
     pub(crate) topic: String,
     pub(crate) db: clickhouse::Client,
@@ -119,26 +125,14 @@ impl std::fmt::Debug for Budgets {
     }
 }
 
-/// Run a pipeline of script calls, loading the budget scripts once if Redis lost them (every
-/// budget script is safe to repeat).
+/// Run a pipeline of script calls (one sub-pipeline per hash slot on a Redis Cluster),
+/// loading the budget scripts once if Redis lost them (every budget script is safe to repeat).
 pub(crate) async fn run_pipe<T: redis::FromRedisValue>(
-    conn: &ConnectionManager,
+    conn: &RedisConn,
     pipe: &redis::Pipeline,
 ) -> Result<T, RedisFailure> {
-    let mut conn = conn.clone();
-    let call = async {
-        match pipe.query_async(&mut conn).await {
-            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
-                let mut load = redis::pipe();
-                for s in [&*APPLY, &*REBUILD, &*DECIDE, &*CREDIT, &*CREDIT_REBUILD] {
-                    load.load_script(s).ignore();
-                }
-                load.query_async::<()>(&mut conn).await?;
-                pipe.query_async(&mut conn).await
-            }
-            r => r,
-        }
-    };
+    let scripts = [&*APPLY, &*REBUILD, &*DECIDE, &*CREDIT, &*CREDIT_REBUILD];
+    let call = conn.run_pipeline(pipe, &scripts);
     match tokio::time::timeout(REDIS_TIMEOUT, call).await {
         Ok(r) => Ok(r?),
         Err(_) => Err(RedisFailure::Timeout(REDIS_TIMEOUT)),
@@ -162,7 +156,8 @@ struct Group {
 }
 
 impl Budgets {
-    /// Budgets on `cfg.redis_url` (None when it is unset), counting events of `topic` stored
+    /// Budgets on `cfg.redis_url` (None when it is unset; a Redis Cluster when
+    /// `cfg.redis_cluster` is set or the URL lists several nodes), counting events of `topic` stored
     /// in `db` (a client bound to the aggregator's database). Returns the handle and the
     /// background evaluator (spawn [`Evaluator::run`]).
     pub fn new(
@@ -173,19 +168,16 @@ impl Budgets {
         let Some(url) = &cfg.redis_url else {
             return Ok(None);
         };
-        let client = redis::Client::open(url.as_str())?;
-        let conn_cfg = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(1)))
-            .set_response_timeout(Some(REDIS_TIMEOUT))
-            .set_number_of_retries(1)
-            .set_min_delay(Duration::from_millis(50))
-            .set_max_delay(Duration::from_millis(1_000));
-        let conn = ConnectionManager::new_lazy_with_config(client.clone(), conn_cfg)?;
+        let target = RedisTarget::parse(url, cfg.redis_cluster)?;
+        let conn = target.connect(ConnSettings {
+            connect_timeout: Duration::from_secs(1),
+            response_timeout: REDIS_TIMEOUT,
+        })?;
         let (tx, rx) = mpsc::channel(10_000);
         let budgets = Self {
             inner: Arc::new(Inner {
                 conn,
-                client,
+                target,
                 prefix: cfg.prefix.clone(),
                 topic: topic.to_string(),
                 db,

@@ -9,6 +9,9 @@ pub struct BudgetsConfig {
     /// Redis holding the config store (budgets, credit accounts) and the counters, e.g.
     /// `redis://127.0.0.1:6379`; absent: budgets and credits are off.
     pub redis_url: Option<String>,
+    /// Redis Cluster mode (also implied by a comma-separated node list in `redis_url`, e.g.
+    /// `redis://10.0.0.1:7001,10.0.0.2:7001,10.0.0.3:7001`).
+    pub redis_cluster: bool,
     /// Key prefix of the config store (the proxies' `redis.prefix`).
     pub prefix: String,
     /// How often budgets are reloaded and every current window re-evaluated (decisions,
@@ -28,6 +31,7 @@ impl std::fmt::Debug for BudgetsConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BudgetsConfig")
             .field("redis_url", &self.redis_url.as_ref().map(|_| "***"))
+            .field("redis_cluster", &self.redis_cluster)
             .field("prefix", &self.prefix)
             .field("eval_interval_ms", &self.eval_interval_ms)
             .field("alert_webhook_url", &self.alert_webhook_url)
@@ -45,6 +49,7 @@ impl Default for BudgetsConfig {
     fn default() -> Self {
         Self {
             redis_url: None,
+            redis_cluster: false,
             prefix: "tollgate".into(),
             eval_interval_ms: 2_000,
             alert_webhook_url: None,

@@ -371,7 +371,7 @@ async fn watch_changes(budgets: Budgets, changed: Arc<Notify>, mut stop: watch::
     let channel = tollgate_schemas::redis_keys::changes_channel(budgets.prefix());
     loop {
         let sub = async {
-            let mut pubsub = budgets.inner.client.get_async_pubsub().await?;
+            let mut pubsub = budgets.inner.target.pubsub().await?;
             pubsub.subscribe(&channel).await?;
             Ok::<_, redis::RedisError>(pubsub)
         };

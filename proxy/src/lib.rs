@@ -13,7 +13,7 @@ pub mod http;
 pub mod limits;
 pub mod listener;
 pub mod providers;
-pub mod redis_conn;
+pub use tollgate_schemas::redis_conn;
 pub mod routing;
 pub mod server;
 pub mod store;

@@ -82,15 +82,13 @@ pub async fn start(cfg: ProxyConfig) -> Result<ProxyHandle, StartError> {
     let control = ControlPlane::start(&cfg).await?;
     let (budgets, credits) = match &cfg.redis {
         Some(r) => (
-            crate::budget::BudgetGate::start(&cfg.budgets, &r.url, &r.prefix)?,
-            Some(
-                crate::budget::ledger::Credits::new(
-                    &r.url,
-                    &r.prefix,
-                    cfg.budgets.clickhouse.as_ref(),
-                )
-                .map_err(crate::budget::GateStartError::from)?,
-            ),
+            crate::budget::BudgetGate::start_with(&cfg.budgets, &r.url, &r.prefix, r.cluster)?,
+            Some(crate::budget::ledger::Credits::new(
+                &r.url,
+                &r.prefix,
+                r.cluster,
+                cfg.budgets.clickhouse.as_ref(),
+            )?),
         ),
         None => (crate::budget::BudgetGate::disabled(), None),
     };

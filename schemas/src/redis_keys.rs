@@ -1,6 +1,13 @@
 //! Redis key layout of the config store: the contract between proxies, the admin API and any
 //! tooling that reads or writes Tollgate's configuration in Redis. The rate-limit counters
-//! shared by proxies are laid out by [`limit_keys`] (see `docs/rate-limits.md`).
+//! shared by proxies are laid out by [`limit_keys`] (see `docs/rate-limits.md`), budget
+//! counters, decisions and prepaid balances by [`budget_counter`], [`budget_decisions`] and
+//! [`credit_balance`] (see `docs/budgets.md`).
+//!
+//! Redis Cluster: every key a script touches shares one hash tag (`{cfg}`, `{k:<key id>}`,
+//! `{m:<model>}`, `{b:<budget id>}`, `{<scope ref>}`, `{a:<account>}`), so each script call
+//! runs on one slot; pipelines over several tags go through
+//! [`crate::redis_conn::RedisConn::run_pipeline`], which splits them per slot.
 //!
 //! Every config key carries the hash tag `{cfg}` so that all of them live in one Redis Cluster
 //! slot (scripts touch several keys at once). With the default prefix `tollgate`:

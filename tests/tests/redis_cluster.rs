@@ -1,9 +1,12 @@
 //! The proxy's Redis users on a three-node Redis Cluster (`infra/dev/stack.sh start
 //! redis-cluster`, ports 7001-7003): config store CRUD through the admin API, live sync between
-//! two control planes (pub/sub notices through one node), and rate-limit decisions shared by
-//! two limiters, including a refund across hash slots.
+//! two control planes (pub/sub notices through one node), rate-limit decisions shared by two
+//! limiters, including a refund across hash slots, and budgets and credits: an aggregator
+//! budget writer and a proxy budget gate on the cluster (hard block, credit top-up, reservations
+//! on two slots after the scripts were flushed from every node).
 
 mod admin_support;
+mod budget_support;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -240,5 +243,263 @@ async fn rate_limit_decisions_are_shared_on_the_cluster() -> anyhow::Result<()> 
     for l in [p1, p2, l] {
         l.shutdown();
     }
+    Ok(())
+}
+
+/// A budget stack on the cluster: this test's topic and database, a proxy whose config store,
+/// budget gate and credit admin live on the cluster under `prefix`.
+async fn cluster_budget_stack(name: &str, url: &str) -> anyhow::Result<tollgate_e2e::TestStack> {
+    tollgate_e2e::init_tracing();
+    let topic = tollgate_e2e::unique(&format!("t_{name}"));
+    let database = tollgate_e2e::unique(&format!("tg_{name}"));
+    let prefix = tollgate_e2e::unique(&format!("tgb_{name}"));
+    tollgate_e2e::create_topic(&topic, 2).await?;
+    tollgate_schemas::migrate::run(&tollgate_e2e::clickhouse(), &database).await?;
+    let mock = tollgate_loadtest::mock::MockServer::start(
+        "127.0.0.1:0".parse()?,
+        tollgate_loadtest::MockConfig {
+            latency_ms: 20,
+            ..Default::default()
+        },
+    )
+    .await?;
+    let mut cfg = tollgate_e2e::proxy_config(&mock.base_url(), &topic)?;
+    let admin_hash: String = tollgate_proxy::routing::hash_secret(tollgate_e2e::ADMIN_KEY)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let patch = ProxyConfig::from_yaml(
+        &format!(
+            "redis: {{url: \"{url}\", prefix: {prefix}, resync_ms: 1000, cluster: true}}\n\
+             admin: {{listen: \"127.0.0.1:0\", key_sha256: \"{admin_hash}\"}}\n\
+             budgets: {{cache_ttl_ms: 1000, clickhouse: {{url: \"{}\", database: {database}}}}}\n\
+             kafka: {{brokers: \"x:1\"}}\nmodels: []\n",
+            tollgate_e2e::clickhouse_url()
+        ),
+        "test",
+    )?;
+    cfg.redis = patch.redis;
+    cfg.admin = patch.admin;
+    cfg.budgets = patch.budgets;
+    cfg.validate()?;
+    let proxy = tollgate_proxy::start(cfg).await?;
+    Ok(tollgate_e2e::TestStack {
+        topic,
+        database,
+        mock,
+        proxy,
+        redis_prefix: Some(prefix),
+    })
+}
+
+/// An aggregator of `stack` whose budget writer works on the cluster.
+async fn cluster_aggregator(
+    stack: &tollgate_e2e::TestStack,
+    url: &str,
+) -> anyhow::Result<tollgate_aggregator::AggregatorHandle> {
+    let mut cfg = stack.aggregator_config(&tollgate_e2e::unique("g"));
+    cfg.budgets.redis_url = Some(url.to_string());
+    cfg.budgets.redis_cluster = true;
+    Ok(tollgate_aggregator::start(cfg).await?)
+}
+
+/// Hash fields of `key` as i64 (0 when absent).
+async fn fields<const N: usize>(
+    conn: &mut redis::cluster_async::ClusterConnection,
+    key: &str,
+    names: [&str; N],
+) -> anyhow::Result<[i64; N]> {
+    let got: Vec<Option<i64>> = redis::cmd("HMGET")
+        .arg(key)
+        .arg(&names[..])
+        .query_async(conn)
+        .await?;
+    let mut out = [0; N];
+    for (o, v) in out.iter_mut().zip(got) {
+        *o = v.unwrap_or(0);
+    }
+    Ok(out)
+}
+
+async fn slot_of(
+    conn: &mut redis::cluster_async::ClusterConnection,
+    key: &str,
+) -> anyhow::Result<i64> {
+    Ok(redis::cmd("CLUSTER")
+        .arg("KEYSLOT")
+        .arg(key)
+        .query_async(conn)
+        .await?)
+}
+
+/// Create a budget and wait until the aggregator built its counter on the cluster.
+async fn cluster_budget(
+    stack: &tollgate_e2e::TestStack,
+    admin: &budget_support::Admin,
+    conn: &mut redis::cluster_async::ClusterConnection,
+    body: serde_json::Value,
+) -> anyhow::Result<(tollgate_schemas::budgets::Budget, String)> {
+    let created = admin.post("/admin/v1/budgets", body, 201).await?;
+    let budget: tollgate_schemas::budgets::Budget = serde_json::from_value(created)?;
+    let key = budget_support::counter_key(stack, &budget);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while fields(conn, &key, ["init"]).await?[0] != 1 {
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "counter {key} never built"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok((budget, key))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn budgets_credits_and_reservations_on_the_cluster() -> anyhow::Result<()> {
+    use budget_support as support;
+    use serde_json::json;
+    use tollgate_e2e::EXTRA_KEYS;
+
+    let url = cluster_url()?;
+    let stack = cluster_budget_stack("clbud", &url).await?;
+    let agg = cluster_aggregator(&stack, &url).await?;
+    let admin = support::Admin::new(&stack);
+    let http = reqwest::Client::new();
+    let mut conn = cluster_conn().await?;
+    let prefix = stack.redis_prefix.clone().unwrap_or_default();
+
+    // (1) A hard budget: spend over it produces a block decision (written by the aggregator on
+    // the cluster) that the proxy answers with 429 `budget_exceeded`.
+    let (_, hard_key) = cluster_budget(
+        &stack,
+        &admin,
+        &mut conn,
+        json!({"id": "cl-hard", "scope": "key", "scope_id": "key_test_0", "period": "daily",
+               "limit_usd": 0.002, "mode": "hard"}),
+    )
+    .await?;
+    let replies =
+        support::load_until_refused(&stack, EXTRA_KEYS[0], 2, 20, Duration::from_secs(30)).await?;
+    let refused = replies
+        .iter()
+        .find(|r| r.status == 429)
+        .ok_or_else(|| anyhow::anyhow!("no 429 from the hard budget"))?;
+    assert_eq!(refused.code(), "budget_exceeded", "{}", refused.body);
+    let [spent] = fields(&mut conn, &hard_key, ["v"]).await?;
+    assert!(spent >= 2_000_000, "counted {spent} before the block");
+    let decisions = redis_keys::budget_decisions(&prefix, "k:key_test_0");
+    let block: Option<String> = conn.hget(&decisions, "cl-hard").await?;
+    assert!(
+        block.as_deref().is_some_and(|d| d.contains("block")),
+        "{block:?}"
+    );
+    println!(
+        "hard budget: {} served, blocked after {spent} nano-USD",
+        replies.iter().filter(|r| r.status == 200).count()
+    );
+
+    // (2) Credits: a new prepaid account is blocked at zero; an admin top-up (balance and
+    // decision updated by one script on the account's slot) unblocks it; usage debits it.
+    let account = "acct_test_1";
+    admin
+        .post("/admin/v1/credit-accounts", json!({"id": account}), 201)
+        .await?;
+    support::wait_until("blocked at zero", Duration::from_secs(10), || async {
+        Ok(support::chat(&http, &stack, EXTRA_KEYS[1], 10)
+            .await?
+            .status
+            == 429)
+    })
+    .await?;
+    let r = support::chat(&http, &stack, EXTRA_KEYS[1], 10).await?;
+    assert_eq!(r.code(), "budget_exceeded", "{}", r.body);
+    let topup = json!({"account_id": account, "amount_usd": 0.5, "entry_id": "cl-adm-1",
+                       "reference": "cluster test"});
+    admin.post("/admin/v1/credit-topups", topup, 201).await?;
+    support::wait_until(
+        "unblocked by the top-up",
+        Duration::from_secs(5),
+        || async {
+            Ok(support::chat(&http, &stack, EXTRA_KEYS[1], 10)
+                .await?
+                .status
+                == 200)
+        },
+    )
+    .await?;
+    let balance_key = redis_keys::credit_balance(&prefix, account);
+    support::wait_until("usage debited", Duration::from_secs(15), || async {
+        let mut c = cluster_conn().await?;
+        Ok(fields(&mut c, &balance_key, ["used"]).await?[0] > 0)
+    })
+    .await?;
+    let [topups, used] = fields(&mut conn, &balance_key, ["topup", "used"]).await?;
+    assert_eq!(topups, 500_000_000);
+    println!("credits: topped up {topups}, used {used} nano-USD");
+
+    // (3) Reservations across slots: two always-reserving budgets of one request (its key
+    // and its account) whose counters live in different slots; the scripts are flushed from
+    // every node first, so the proxy and the aggregator must load them again.
+    let (_, key_counter) = cluster_budget(
+        &stack,
+        &admin,
+        &mut conn,
+        json!({"id": "cl-resv-key", "scope": "key", "scope_id": "key_test_2", "period": "daily",
+               "limit_usd": 0.004, "reserve_above_pct": 0}),
+    )
+    .await?;
+    let (_, acct_counter) = cluster_budget(
+        &stack,
+        &admin,
+        &mut conn,
+        json!({"id": "cl-resv-acct", "scope": "account", "scope_id": "acct_test_2",
+               "period": "daily", "limit_usd": 0.05, "reserve_above_pct": 0}),
+    )
+    .await?;
+    assert_ne!(
+        slot_of(&mut conn, &key_counter).await?,
+        slot_of(&mut conn, &acct_counter).await?,
+        "the two counters must be in different slots"
+    );
+    for node in NODES {
+        let mut c = redis::Client::open(node)?
+            .get_multiplexed_async_connection()
+            .await?;
+        redis::cmd("SCRIPT")
+            .arg("FLUSH")
+            .query_async::<()>(&mut c)
+            .await?;
+    }
+    let replies =
+        support::load_until_refused(&stack, EXTRA_KEYS[2], 4, 50, Duration::from_secs(30)).await?;
+    let refused = replies
+        .iter()
+        .find(|r| r.status == 429)
+        .ok_or_else(|| anyhow::anyhow!("no 429 from the reserving budget"))?;
+    assert_eq!(refused.code(), "budget_exceeded", "{}", refused.body);
+    let max_cost = replies.iter().map(|r| r.cost_nanos).max().unwrap_or(0);
+    let served: i64 = replies.iter().map(|r| r.cost_nanos).sum();
+    support::wait_rows_settled(&stack, Duration::from_secs(30)).await?;
+    let stored = support::stored_cost(&stack, "api_key_id", "key_test_2").await?;
+    assert_eq!(stored, served, "ClickHouse holds what was served");
+    let limit = 4_000_000;
+    println!(
+        "reservations: served {} requests, spent {stored} of {limit}, one request {max_cost}",
+        replies.iter().filter(|r| r.status == 200).count()
+    );
+    assert!(
+        stored <= limit + max_cost,
+        "overshoot {} above one request's cost {max_cost}",
+        stored - limit
+    );
+    // Both counters (two slots) counted every event once and released every reservation.
+    support::wait_until("reservations released", Duration::from_secs(10), || async {
+        let mut c = cluster_conn().await?;
+        let [kv, kr] = fields(&mut c, &key_counter, ["v", "R"]).await?;
+        let [av, ar] = fields(&mut c, &acct_counter, ["v", "R"]).await?;
+        Ok(kr == 0 && ar == 0 && kv == stored && av == stored)
+    })
+    .await?;
+
+    agg.shutdown().await;
     Ok(())
 }

@@ -5,11 +5,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use moka::future::Cache;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::watch;
 use tollgate_schemas::budgets::{Decision, DecisionKind};
 use tollgate_schemas::redis_keys;
 use tollgate_schemas::telemetry::{BUDGET_CHECK_DURATION, BUDGET_REDIS_ERRORS};
+
+use crate::redis_conn::{ConnSettings, RedisConn, RedisTarget};
 
 use super::error::{BudgetError, Exceeded};
 use super::reserve::{self, Reservation};
@@ -26,8 +27,8 @@ type Decisions = Arc<[Decision]>;
 
 /// Shared state of the gate.
 pub(super) struct Inner {
-    pub(super) conn: ConnectionManager,
-    pub(super) client: redis::Client,
+    pub(super) conn: RedisConn,
+    pub(super) target: RedisTarget,
     pub(super) prefix: String,
     pub(super) cfg: BudgetConfig,
     fresh: Cache<String, Decisions>,
@@ -53,8 +54,14 @@ impl std::fmt::Debug for BudgetGate {
 
 /// The gate could not be set up.
 #[derive(Debug, thiserror::Error)]
-#[error("budgets: redis settings unusable: {0}")]
-pub struct GateStartError(#[from] redis::RedisError);
+pub enum GateStartError {
+    /// The connection settings were refused.
+    #[error("budgets: redis settings unusable: {0}")]
+    Redis(#[from] redis::RedisError),
+    /// The URL is not usable.
+    #[error("budgets: {0}")]
+    Target(#[from] crate::redis_conn::TargetError),
+}
 
 impl BudgetGate {
     /// A gate that admits everything (no Redis, or budgets disabled).
@@ -65,24 +72,33 @@ impl BudgetGate {
         }
     }
 
-    /// A gate on the config store's Redis (`url`, key `prefix`); subscribes to decision
-    /// notices in the background. Returns [`Self::disabled`] when `cfg.enabled` is false.
+    /// A gate on the config store's Redis (`url`, key `prefix`; a Redis Cluster when `url`
+    /// lists several nodes); see [`Self::start_with`].
     pub fn start(cfg: &BudgetConfig, url: &str, prefix: &str) -> Result<Self, GateStartError> {
+        Self::start_with(cfg, url, prefix, false)
+    }
+
+    /// A gate on the config store's Redis (`url`, key `prefix`; a Redis Cluster when
+    /// `cluster` is set or `url` lists several nodes); subscribes to decision notices in the
+    /// background. Returns [`Self::disabled`] when `cfg.enabled` is false.
+    pub fn start_with(
+        cfg: &BudgetConfig,
+        url: &str,
+        prefix: &str,
+        cluster: bool,
+    ) -> Result<Self, GateStartError> {
         if !cfg.enabled {
             return Ok(Self::disabled());
         }
-        let client = redis::Client::open(url)?;
+        let target = RedisTarget::parse(url, cluster)?;
         let timeout = Duration::from_millis(cfg.timeout_ms);
-        let conn_cfg = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeout.max(Duration::from_millis(200))))
-            .set_response_timeout(Some(timeout))
-            .set_number_of_retries(1)
-            .set_min_delay(Duration::from_millis(50))
-            .set_max_delay(Duration::from_millis(500));
-        let conn = ConnectionManager::new_lazy_with_config(client.clone(), conn_cfg)?;
+        let conn = target.connect(ConnSettings {
+            connect_timeout: timeout.max(Duration::from_millis(200)),
+            response_timeout: timeout,
+        })?;
         let inner = Arc::new(Inner {
             conn,
-            client,
+            target,
             prefix: prefix.to_string(),
             cfg: cfg.clone(),
             fresh: Cache::builder()

@@ -5,13 +5,13 @@
 use std::sync::LazyLock;
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::Script;
 use tollgate_schemas::budgets::ledger::{self, LedgerEntry};
 use tollgate_schemas::budgets::{scripts, CreditAccount, Decision};
 use tollgate_schemas::redis_keys;
 
 use super::config::ClickHouseSettings;
+use crate::redis_conn::{ConnSettings, RedisConn, RedisTarget};
 
 static CREDIT: LazyLock<Script> = LazyLock::new(|| Script::new(scripts::CREDIT));
 static DECIDE: LazyLock<Script> = LazyLock::new(|| Script::new(scripts::DECIDE));
@@ -65,7 +65,7 @@ pub enum Topup {
 /// Redis (balances, decisions) and ClickHouse (ledger) of the admin API.
 #[derive(Clone)]
 pub struct Credits {
-    conn: ConnectionManager,
+    conn: RedisConn,
     prefix: String,
     db: Option<clickhouse::Client>,
 }
@@ -100,19 +100,21 @@ pub fn clickhouse_client(cfg: &ClickHouseSettings) -> clickhouse::Client {
 }
 
 impl Credits {
-    /// Connect lazily to `url` under `prefix`; the ledger lives in `clickhouse` (if any).
+    /// Connect lazily to `url` (a Redis Cluster when `cluster` is set or `url` lists several
+    /// nodes) under `prefix`; the ledger lives in `clickhouse` (if any).
     pub fn new(
         url: &str,
         prefix: &str,
+        cluster: bool,
         clickhouse: Option<&ClickHouseSettings>,
-    ) -> Result<Self, redis::RedisError> {
-        let client = redis::Client::open(url)?;
-        let cfg = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(1)))
-            .set_response_timeout(Some(TIMEOUT))
-            .set_number_of_retries(1);
+    ) -> Result<Self, super::GateStartError> {
+        let target = RedisTarget::parse(url, cluster)?;
+        let conn = target.connect(ConnSettings {
+            connect_timeout: Duration::from_secs(1),
+            response_timeout: TIMEOUT,
+        })?;
         Ok(Self {
-            conn: ConnectionManager::new_lazy_with_config(client, cfg)?,
+            conn,
             prefix: prefix.to_string(),
             db: clickhouse.map(clickhouse_client),
         })
@@ -129,7 +131,7 @@ impl Credits {
     }
 
     /// A connection for other reads.
-    pub fn conn(&self) -> ConnectionManager {
+    pub fn conn(&self) -> RedisConn {
         self.conn.clone()
     }
 

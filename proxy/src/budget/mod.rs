@@ -91,25 +91,16 @@ pub fn worst_case(
     )
 }
 
-/// Run a pipeline of script calls; when Redis lost the scripts (NOSCRIPT), load `scripts`
-/// and run it once more. Only for pipelines whose calls are safe to repeat or all use one
-/// script (a NOSCRIPT reply then means none of them ran).
+/// Run a pipeline of script calls (one sub-pipeline per hash slot on a Redis Cluster); when
+/// Redis lost the scripts (NOSCRIPT), load `scripts` and run it once more. Only for pipelines
+/// whose calls are safe to repeat or all use one script (a NOSCRIPT reply then means none of
+/// them ran).
 pub(crate) async fn run_scripts<T: redis::FromRedisValue>(
-    conn: &mut redis::aio::ConnectionManager,
+    conn: &crate::redis_conn::RedisConn,
     pipe: &redis::Pipeline,
     scripts: &[&redis::Script],
 ) -> redis::RedisResult<T> {
-    match pipe.query_async(conn).await {
-        Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
-            let mut load = redis::pipe();
-            for s in scripts {
-                load.load_script(s).ignore();
-            }
-            load.query_async::<()>(conn).await?;
-            pipe.query_async(conn).await
-        }
-        r => r,
-    }
+    conn.run_pipeline(pipe, scripts).await
 }
 
 /// Now, Unix ms.

@@ -59,7 +59,7 @@ pub(super) async fn run(inner: Arc<Inner>, mut stop: watch::Receiver<bool>) {
 
 async fn subscribe(inner: &Inner, channel: &str) -> Result<redis::aio::PubSub, String> {
     let fut = async {
-        let mut pubsub = inner.client.get_async_pubsub().await?;
+        let mut pubsub = inner.target.pubsub().await?;
         pubsub.subscribe(channel).await?;
         Ok::<_, redis::RedisError>(pubsub)
     };

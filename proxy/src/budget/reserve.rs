@@ -81,9 +81,8 @@ fn spawn_settle(inner: Arc<Inner>, event_id: String, holds: Vec<Hold>, cost: i64
             inv.arg(&event_id).arg(actual).arg(pending);
             pipe.invoke_script(&inv);
         }
-        let mut conn = inner.conn.clone();
         let scripts = [&*SETTLE];
-        let call = super::run_scripts::<Vec<i64>>(&mut conn, &pipe, &scripts);
+        let call = super::run_scripts::<Vec<i64>>(&inner.conn, &pipe, &scripts);
         match tokio::time::timeout(inner.timeout() * 4, call).await {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => inner.trip("settle", &e),
@@ -125,9 +124,8 @@ pub(super) async fn reserve(
     if asked.is_empty() {
         return Ok(None);
     }
-    let mut conn = inner.conn.clone();
     let scripts = [&*RESERVE];
-    let call = super::run_scripts(&mut conn, &pipe, &scripts);
+    let call = super::run_scripts(&inner.conn, &pipe, &scripts);
     let replies: Vec<(i64, String, String)> =
         match tokio::time::timeout(inner.timeout(), call).await {
             Ok(Ok(r)) => r,

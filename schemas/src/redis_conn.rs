@@ -5,24 +5,28 @@
 //! (`redis.cluster: true`, `limits.cluster: true`) selects the cluster; anything else is one
 //! server. Nodes after the first may omit the scheme and credentials; they inherit the first
 //! node's. [`RedisConn`] implements [`redis::aio::ConnectionLike`], so commands, scripts and
-//! pipelines work the same way in both modes, with two cluster rules the callers follow:
+//! pipelines work the same way in both modes, with three cluster rules the callers follow:
 //!
-//! - every command, script and pipeline must touch keys of one hash slot (config keys share
-//!   `{cfg}`, each rate-limit entity's keys share its own tag, see `tollgate_schemas::redis_keys`);
+//! - every command and script must touch keys of one hash slot (config keys share `{cfg}`, each
+//!   rate-limit entity, budget counter, decision hash and credit balance has its own tag, see
+//!   [`crate::redis_keys`]);
+//! - a pipeline whose commands touch several slots goes through [`RedisConn::run_pipeline`],
+//!   which sends one sub-pipeline per slot on a cluster (concurrently) and reassembles the
+//!   replies in order; it also loads lost scripts (`NOSCRIPT`) on every primary and retries;
 //! - pub/sub goes through one node ([`RedisTarget::pubsub`]): classic `PUBLISH` is broadcast to
 //!   every node of a cluster, so a subscriber on any node sees every notice.
 //!
 //! Connections are lazy: nothing is dialled until the first command, and both modes reconnect
 //! by themselves after failures. URLs (which may hold passwords) are never logged.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig, PubSub};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
-use redis::{Cmd, Pipeline, RedisFuture, RedisResult, Value};
-use tokio::sync::OnceCell;
+use redis::cluster_routing::Slot;
+use redis::{Arg, Cmd, FromRedisValue, Pipeline, RedisFuture, RedisResult, Script, Value};
 
 /// Timeouts and retries of a connection.
 #[derive(Debug, Clone, Copy)]
@@ -136,7 +140,8 @@ impl RedisTarget {
                     .build()?;
                 Ok(RedisConn::Cluster(LazyCluster {
                     client: Arc::new(client),
-                    conn: Arc::new(OnceCell::new()),
+                    conn: Arc::new(OnceLock::new()),
+                    dialing: Arc::new(futures::lock::Mutex::new(())),
                 }))
             }
         }
@@ -168,24 +173,30 @@ impl RedisTarget {
 #[derive(Clone)]
 pub struct LazyCluster {
     client: Arc<ClusterClient>,
-    conn: Arc<OnceCell<ClusterConnection>>,
+    conn: Arc<OnceLock<ClusterConnection>>,
+    /// Held while dialling, so concurrent first calls share one connection.
+    dialing: Arc<futures::lock::Mutex<()>>,
 }
 
 impl std::fmt::Debug for LazyCluster {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LazyCluster")
-            .field("connected", &self.conn.initialized())
+            .field("connected", &self.conn.get().is_some())
             .finish_non_exhaustive()
     }
 }
 
 impl LazyCluster {
     async fn get(&self) -> RedisResult<ClusterConnection> {
-        let c = self
-            .conn
-            .get_or_try_init(|| self.client.get_async_connection())
-            .await?;
-        Ok(c.clone())
+        if let Some(c) = self.conn.get() {
+            return Ok(c.clone());
+        }
+        let _dialing = self.dialing.lock().await;
+        if let Some(c) = self.conn.get() {
+            return Ok(c.clone());
+        }
+        let c = self.client.get_async_connection().await?;
+        Ok(self.conn.get_or_init(|| c).clone())
     }
 }
 
@@ -212,6 +223,119 @@ impl RedisConn {
     pub fn is_cluster(&self) -> bool {
         matches!(self, Self::Cluster(_))
     }
+
+    /// Run `pipe` and parse its replies as `T`. On a cluster, a pipeline touching several hash
+    /// slots is split into one sub-pipeline per slot, sent concurrently; the replies keep the
+    /// pipeline's order. When a node lost the scripts (`NOSCRIPT`), `scripts` are loaded (on
+    /// every primary of a cluster) and the failed (sub-)pipeline runs once more: only for
+    /// pipelines whose calls are safe to repeat. Transactions (`atomic()`) are sent as they
+    /// are (their keys must share a slot) and `ignore()`d commands are not supported when the
+    /// pipeline is split.
+    pub async fn run_pipeline<T: FromRedisValue>(
+        &self,
+        pipe: &Pipeline,
+        scripts: &[&Script],
+    ) -> RedisResult<T> {
+        let groups = match self {
+            Self::Cluster(_) if !pipe.is_transaction() => slot_groups(pipe),
+            _ => Vec::new(),
+        };
+        if groups.len() <= 1 {
+            return self.clone().query_reloading(pipe, scripts).await;
+        }
+        let calls = groups.iter().map(|(_, sub)| {
+            let conn = self.clone();
+            async move { conn.query_reloading::<Vec<Value>>(sub, scripts).await }
+        });
+        let replies = futures::future::join_all(calls).await;
+        let mut out = vec![Value::Nil; pipe.len()];
+        for ((indices, _), reply) in groups.iter().zip(replies) {
+            let values = reply?;
+            if values.len() != indices.len() {
+                return Err(redis::RedisError::from((
+                    redis::ErrorKind::Client,
+                    "sub-pipeline reply count mismatch",
+                )));
+            }
+            for (i, v) in indices.iter().zip(values) {
+                if let Some(slot) = out.get_mut(*i) {
+                    *slot = v;
+                }
+            }
+        }
+        Ok(redis::from_redis_value(Value::Array(out))?)
+    }
+
+    /// `pipe` once; on `NOSCRIPT`, load `scripts` and run it again.
+    async fn query_reloading<T: FromRedisValue>(
+        mut self,
+        pipe: &Pipeline,
+        scripts: &[&Script],
+    ) -> RedisResult<T> {
+        match pipe.query_async(&mut self).await {
+            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                self.load_scripts(scripts).await?;
+                pipe.query_async(&mut self).await
+            }
+            r => r,
+        }
+    }
+
+    /// Load `scripts` on the server, or on every primary of a cluster (`SCRIPT LOAD` is
+    /// routed to all of them).
+    pub async fn load_scripts(&self, scripts: &[&Script]) -> RedisResult<()> {
+        let mut conn = self.clone();
+        for s in scripts {
+            s.load_async(&mut conn).await?;
+        }
+        Ok(())
+    }
+}
+
+/// The commands of `pipe` grouped by the hash slot of their first key, in first-seen order:
+/// `(indices in pipe, sub-pipeline)`. Commands without a key form a group of their own.
+fn slot_groups(pipe: &Pipeline) -> Vec<(Vec<usize>, Pipeline)> {
+    let mut groups: Vec<(Option<Slot>, Vec<usize>, Pipeline)> = Vec::new();
+    for (i, cmd) in pipe.cmd_iter().enumerate() {
+        let slot = routing_key(cmd).map(Slot::for_key);
+        let found = slot
+            .is_some()
+            .then(|| groups.iter_mut().find(|(s, _, _)| *s == slot))
+            .flatten();
+        match found {
+            Some((_, indices, sub)) => {
+                indices.push(i);
+                sub.add_command(cmd.clone());
+            }
+            None => {
+                let mut sub = Pipeline::with_capacity(1);
+                sub.add_command(cmd.clone());
+                groups.push((slot, vec![i], sub));
+            }
+        }
+    }
+    groups.into_iter().map(|(_, i, p)| (i, p)).collect()
+}
+
+/// The key a cluster routes `cmd` by: the first key of `EVAL`/`EVALSHA` (None without keys),
+/// else the first argument after the command name.
+fn routing_key(cmd: &Cmd) -> Option<&[u8]> {
+    let mut args = cmd.args_iter().filter_map(|a| match a {
+        Arg::Simple(s) => Some(s),
+        _ => None,
+    });
+    let name = args.next()?;
+    let scripted = [&b"EVAL"[..], b"EVALSHA", b"EVAL_RO", b"EVALSHA_RO"]
+        .iter()
+        .any(|n| name.eq_ignore_ascii_case(n));
+    if scripted {
+        let _script = args.next()?;
+        let numkeys: usize = std::str::from_utf8(args.next()?).ok()?.parse().ok()?;
+        if numkeys == 0 {
+            return None;
+        }
+    }
+    args.next()
 }
 
 impl ConnectionLike for RedisConn {
@@ -249,8 +373,25 @@ impl ConnectionLike for RedisConn {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pipelines_split_by_slot_keep_their_order() {
+        let script = Script::new("return 1");
+        let mut pipe = redis::pipe();
+        pipe.invoke_script(script.key("p:{a}:1").arg(5));
+        pipe.hget("p:{b}:x", "v");
+        pipe.hget("p:{a}:2", "v");
+        pipe.invoke_script(&script.prepare_invoke());
+        let groups = slot_groups(&pipe);
+        let indices: Vec<Vec<usize>> = groups.iter().map(|(i, _)| i.clone()).collect();
+        assert_eq!(indices, vec![vec![0, 2], vec![1], vec![3]]);
+        assert_eq!(groups[0].1.len(), 2);
+        let first = pipe.cmd_iter().next().unwrap();
+        assert_eq!(routing_key(first), Some(&b"p:{a}:1"[..]));
+    }
 
     #[test]
     fn node_lists_inherit_scheme_and_auth() {
