@@ -3,7 +3,8 @@
 //! two control planes (pub/sub notices through one node), rate-limit decisions shared by two
 //! limiters, including a refund across hash slots, and budgets and credits: an aggregator
 //! budget writer and a proxy budget gate on the cluster (hard block, credit top-up, reservations
-//! on two slots after the scripts were flushed from every node).
+//! on two slots after the scripts were flushed from every node), and `RedisConn::run_pipeline`
+//! over six slots (replies in order, a script unknown to every node loaded on NOSCRIPT).
 
 mod admin_support;
 mod budget_support;
@@ -501,5 +502,41 @@ async fn budgets_credits_and_reservations_on_the_cluster() -> anyhow::Result<()>
     .await?;
 
     agg.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn pipelines_over_several_slots_keep_their_order_and_reload_scripts() -> anyhow::Result<()> {
+    use tollgate_schemas::redis_conn::{ConnSettings, RedisTarget};
+
+    let url = cluster_url()?;
+    let prefix = tollgate_e2e::unique("cl_pipe");
+    let conn = RedisTarget::parse(&url, false)?.connect(ConnSettings {
+        connect_timeout: Duration::from_secs(1),
+        response_timeout: Duration::from_secs(2),
+    })?;
+    assert!(conn.is_cluster());
+    let keys: Vec<String> = (0..6).map(|i| format!("{prefix}:{{t{i}}}")).collect();
+    let mut admin = cluster_conn().await?;
+    let mut slots = std::collections::HashSet::new();
+    for k in &keys {
+        slots.insert(slot_of(&mut admin, k).await?);
+    }
+    assert!(slots.len() >= 3, "keys spread over slots: {slots:?}");
+
+    // A script unknown to every node (fresh source), called on six slots in one pipeline: the
+    // first call meets NOSCRIPT on each node, loads it everywhere and runs again.
+    let script = redis::Script::new(&format!(
+        "-- {prefix}\nredis.call('SET', KEYS[1], ARGV[1]) return ARGV[1] * 2"
+    ));
+    let mut pipe = redis::pipe();
+    for (i, k) in keys.iter().enumerate() {
+        pipe.invoke_script(script.key(k).arg(i));
+        pipe.get(k);
+    }
+    let replies: Vec<i64> = conn.run_pipeline(&pipe, &[&script]).await?;
+    let want: Vec<i64> = (0..6).flat_map(|i| [2 * i, i]).collect();
+    assert_eq!(replies, want, "replies in pipeline order");
+    let _: i64 = redis::cmd("DEL").arg(&keys).query_async(&mut admin).await?;
     Ok(())
 }
