@@ -63,26 +63,32 @@ bench-aggregator:
 	cargo run --release -p tollgate-aggregator --bin tollgate-ingest-bench -- --events $${BENCH_EVENTS:-200000}
 
 # Benchmarks (loadtest/scenarios/bench*.yaml; docs/benchmarks.md). Release binaries, the
-# local stack, then mock, aggregator and proxy started by tollgate-loadtest itself; the
-# dated report lands in bench/results/ (Markdown + JSON + SVG).
+# local stack (ClickHouse, Redis), a fresh private Kafka broker (Tansu on port 19092, state in
+# .tollgate/bench-kafka, wiped per run: Tansu's SQLite store slows down as it grows, which a real
+# Kafka does not), then mock, aggregator and both proxies (features on and off) started by
+# tollgate-loadtest itself; the dated report lands in bench/results/ (Markdown + JSON + SVG).
 .PHONY: bench bench-quick bench-build
 BENCH_BIN := $(or $(CARGO_TARGET_DIR),target)/release
 BENCH_TOPIC := tollgate.bench.v1
+BENCH_KAFKA := TOLLGATE_STATE_DIR=$(CURDIR)/$(STATE)/bench-kafka TOLLGATE_KAFKA_PORT=19092 $(STACK)
+define bench_run
+	@$(STACK) up
+	@$(BENCH_KAFKA) stop kafka >/dev/null 2>&1 || true
+	@rm -rf $(STATE)/bench-kafka
+	@$(BENCH_KAFKA) start kafka
+	@$(BENCH_KAFKA) topic $(BENCH_TOPIC) 4
+	@status=0; $(BENCH_BIN)/tollgate-loadtest bench --plan $(1) --bin-dir $(BENCH_BIN) \
+	  --out bench/results || status=$$?; $(BENCH_KAFKA) stop kafka >/dev/null; exit $$status
+endef
 
 bench-build:
 	cargo build --release -p tollgate-proxy -p tollgate-aggregator -p tollgate-loadtest --bins
 
 bench: deps bench-build
-	@$(STACK) up
-	@$(STACK) topic $(BENCH_TOPIC) 4
-	$(BENCH_BIN)/tollgate-loadtest bench --plan loadtest/scenarios/bench.yaml \
-	  --bin-dir $(BENCH_BIN) --out bench/results
+	$(call bench_run,loadtest/scenarios/bench.yaml)
 
 bench-quick: deps bench-build
-	@$(STACK) up
-	@$(STACK) topic $(BENCH_TOPIC) 4
-	$(BENCH_BIN)/tollgate-loadtest bench --plan loadtest/scenarios/bench-quick.yaml \
-	  --bin-dir $(BENCH_BIN) --out bench/results
+	$(call bench_run,loadtest/scenarios/bench-quick.yaml)
 
 # Rate-limit overhead (Redis backend, release build): added latency at p50/p99.
 # Needs the local stack. BENCH_REQUESTS=N to change the sample size.

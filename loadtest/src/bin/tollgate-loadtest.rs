@@ -391,6 +391,7 @@ async fn start_pair(args: &CompareArgs, scenario: &Scenario) -> anyhow::Result<S
     let sides = Sides {
         direct: Target::new("direct", &mock_url)?,
         proxy: Target::new("proxy", &proxy_url)?,
+        bare: None,
         proxy_pid: proxy.pid(),
     };
     Ok(Started { mock, proxy, sides })
@@ -406,6 +407,7 @@ async fn compare_cmd(args: CompareArgs) -> anyhow::Result<ExitCode> {
             Sides {
                 direct: Target::new("direct", d)?,
                 proxy: Target::new("proxy", p)?,
+                bare: None,
                 proxy_pid: args.proxy_pid,
             },
         ),

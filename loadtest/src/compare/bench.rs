@@ -115,6 +115,17 @@ pub enum Check {
     AddedTtft,
 }
 
+/// A second proxy with every optional feature off (metering, rate limits, budgets), ramped
+/// next to the full one so the report shows what those features cost at saturation.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BareProxySpec {
+    /// Its configuration file (relative to the plan); same models and keys as the full one.
+    pub config: PathBuf,
+    /// Its base URL (the config's `listen`).
+    pub url: String,
+}
+
 /// One interleaved comparison.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -170,6 +181,9 @@ pub struct BenchPlan {
     pub proxy_config: PathBuf,
     /// Proxy base URL (its `listen`).
     pub proxy_url: String,
+    /// The features-off proxy of the saturation ramps.
+    #[serde(default)]
+    pub bare_proxy: Option<BareProxySpec>,
     /// `RUST_LOG` of the proxy and the aggregator.
     #[serde(default = "default_log")]
     pub log_level: String,
@@ -234,6 +248,7 @@ struct Services {
     mocks: Vec<Service>,
     aggregator: Service,
     proxy: Option<Service>,
+    bare: Option<Service>,
 }
 
 const GRACE: Duration = Duration::from_secs(15);
@@ -278,10 +293,17 @@ async fn start_services(plan: &BenchPlan, base: &Path, logs: &Path) -> anyhow::R
         .wait_healthy(&format!("{}/healthz", http_url(&a.listen)), health)
         .await?;
     let proxy = Some(start_proxy(plan, base, logs, "proxy").await?);
+    let bare = match &plan.bare_proxy {
+        Some(b) => {
+            Some(launch_proxy(plan, &base.join(&b.config), &b.url, logs, "proxy-bare").await?)
+        }
+        None => None,
+    };
     Ok(Services {
         mocks,
         aggregator,
         proxy,
+        bare,
     })
 }
 
@@ -306,7 +328,23 @@ async fn start_proxy(
     logs: &Path,
     name: &str,
 ) -> anyhow::Result<Service> {
-    let config = base.join(&plan.proxy_config);
+    launch_proxy(
+        plan,
+        &base.join(&plan.proxy_config),
+        &plan.proxy_url,
+        logs,
+        name,
+    )
+    .await
+}
+
+async fn launch_proxy(
+    plan: &BenchPlan,
+    config: &Path,
+    url: &str,
+    logs: &Path,
+    name: &str,
+) -> anyhow::Result<Service> {
     let mut proxy = Service::start(Launch {
         name,
         program: &plan.bin_dir.join("tollgate-proxy"),
@@ -316,7 +354,7 @@ async fn start_proxy(
     })?;
     proxy
         .wait_healthy(
-            &format!("{}/healthz", plan.proxy_url.trim_end_matches('/')),
+            &format!("{}/healthz", url.trim_end_matches('/')),
             Duration::from_secs(60),
         )
         .await?;
@@ -365,6 +403,11 @@ fn sides(plan: &BenchPlan, mock: &MockSpec, proxy_pid: Option<u32>) -> anyhow::R
     Ok(Sides {
         direct: Target::new("direct", &format!("http://{}", mock.listen))?,
         proxy: Target::new("proxy", &plan.proxy_url)?,
+        bare: plan
+            .bare_proxy
+            .as_ref()
+            .map(|b| Target::new("proxy-off", &b.url))
+            .transpose()?,
         proxy_pid,
     })
 }
@@ -681,6 +724,9 @@ pub async fn run_bench(opts: &BenchOptions) -> anyhow::Result<(BenchReport, Path
         }
         Err(_) => None,
     };
+    if let Some(bare) = services.bare.take() {
+        bare.stop(GRACE).await;
+    }
     services.aggregator.stop(GRACE).await;
     for m in services.mocks {
         m.stop(GRACE).await;
@@ -759,6 +805,8 @@ mod tests {
             let p = BenchPlan::load(&dir.join(plan)).unwrap();
             load_scenarios(&p, &dir).unwrap();
             assert!(dir.join(&p.proxy_config).is_file());
+            let bare = p.bare_proxy.expect("the plans ramp a features-off proxy");
+            assert!(dir.join(&bare.config).is_file());
         }
         for entry in std::fs::read_dir(&dir).unwrap() {
             let path = entry.unwrap().path();

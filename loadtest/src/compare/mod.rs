@@ -31,6 +31,9 @@ pub struct Sides {
     pub direct: Target,
     /// Through the proxy.
     pub proxy: Target,
+    /// Through a second proxy with every optional feature off (no metering, rate limits or
+    /// budgets): the saturation ramp measures it too, for the cost of those features.
+    pub bare: Option<Target>,
     /// Proxy process, for CPU and memory readings.
     pub proxy_pid: Option<u32>,
 }
@@ -76,6 +79,8 @@ pub enum Side {
     Direct,
     /// Through the proxy.
     Proxy,
+    /// Through the features-off proxy (saturation ramp only).
+    Bare,
 }
 
 /// Lengths of the measured slices of each side: `measured` cut into pieces
@@ -152,7 +157,7 @@ pub async fn compare_scenario(
         for side in side_order(k) {
             let (r, i) = match side {
                 Side::Direct => (&direct, 0),
-                Side::Proxy => (&proxy, 1),
+                Side::Proxy | Side::Bare => (&proxy, 1),
             };
             let part = Slice {
                 first_index: next[i],

@@ -36,6 +36,9 @@ pub struct RampPoint {
     pub direct: RunSummary,
     /// Proxy side.
     pub proxy: RunSummary,
+    /// Features-off proxy side, when the plan has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bare: Option<RunSummary>,
 }
 
 /// Result of [`saturation`].
@@ -49,10 +52,33 @@ pub struct Saturation {
     pub proxy_rps: f64,
     /// Concurrency of the highest proxy throughput.
     pub proxy_concurrency: usize,
+    /// Highest throughput of the features-off proxy, ok/s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bare_rps: Option<f64>,
 }
 
 impl Saturation {
-    /// Successful proxy requests of the whole ramp, warm-up included.
+    /// Saturation with every feature on as a share of the features-off proxy's.
+    pub fn features_ratio(&self) -> Option<f64> {
+        self.bare_rps
+            .filter(|b| *b > 0.0)
+            .map(|b| self.proxy_rps / b)
+    }
+}
+
+/// Sides of level `k`: direct and proxy alternate first; the features-off proxy, when
+/// present, moves through the three positions so that none always follows another.
+pub fn ramp_order(k: usize, bare: bool) -> Vec<Side> {
+    let mut order = side_order(k).to_vec();
+    if bare {
+        order.insert(k % 3, Side::Bare);
+    }
+    order
+}
+
+impl Saturation {
+    /// Successful requests of the whole ramp through the metering proxy, warm-up included
+    /// (the features-off proxy writes no usage rows).
     pub fn proxy_total_ok(&self) -> u64 {
         self.points.iter().map(|p| p.proxy.total_ok()).sum()
     }
@@ -92,8 +118,9 @@ pub async fn saturation(
     let workload = Arc::new(Workload::new(template, run_id)?);
     let runner = |t: &Target| Runner::with_client(client.clone(), t.clone(), Arc::clone(&workload));
     let (direct, proxy) = (runner(&sides.direct), runner(&sides.proxy));
+    let bare = sides.bare.as_ref().map(runner);
     let mut out = Saturation::default();
-    let (mut hist_d, mut hist_p) = (Vec::new(), Vec::new());
+    let (mut hist_d, mut hist_p, mut hist_b) = (Vec::new(), Vec::new(), Vec::new());
     let mut next = 0u64;
     for (k, &level) in cfg.levels.iter().enumerate() {
         let mut s = template.clone();
@@ -104,11 +131,11 @@ pub async fn saturation(
             concurrency: level,
             ..RampPoint::default()
         };
-        for side in side_order(k) {
-            let r = if side == Side::Direct {
-                &direct
-            } else {
-                &proxy
+        for side in ramp_order(k, bare.is_some()) {
+            let r = match (side, &bare) {
+                (Side::Direct, _) => &direct,
+                (Side::Bare, Some(b)) => b,
+                _ => &proxy,
             };
             let mut rec = Recorder::new(&s.name, &r.target.label, &label, run_id)?;
             let slice = Slice {
@@ -121,10 +148,15 @@ pub async fn saturation(
             match side {
                 Side::Direct => point.direct = summary,
                 Side::Proxy => point.proxy = summary,
+                Side::Bare => point.bare = Some(summary),
             }
         }
         hist_d.push(point.direct.throughput_rps);
         hist_p.push(point.proxy.throughput_rps);
+        if let Some(b) = &point.bare {
+            hist_b.push(b.throughput_rps);
+            out.bare_rps = Some(out.bare_rps.unwrap_or(0.0).max(b.throughput_rps));
+        }
         if point.direct.throughput_rps > out.direct_rps {
             out.direct_rps = point.direct.throughput_rps;
         }
@@ -135,6 +167,7 @@ pub async fn saturation(
         out.points.push(point);
         if stopped_growing(&hist_d, cfg.min_growth, cfg.patience)
             && stopped_growing(&hist_p, cfg.min_growth, cfg.patience)
+            && (hist_b.is_empty() || stopped_growing(&hist_b, cfg.min_growth, cfg.patience))
         {
             break;
         }
@@ -161,5 +194,29 @@ mod tests {
         assert!(stopped_growing(&[100.0, 400.0, 300.0, 350.0], 0.05, 2));
         assert!(!stopped_growing(&[100.0, 400.0, 300.0, 450.0], 0.05, 2));
         assert!(!stopped_growing(&[1.0, 1.0, 1.0], 0.05, 0));
+    }
+
+    #[test]
+    fn the_features_off_side_rotates_through_every_position() {
+        assert_eq!(ramp_order(0, false), vec![Side::Direct, Side::Proxy]);
+        assert_eq!(
+            ramp_order(0, true),
+            vec![Side::Bare, Side::Direct, Side::Proxy]
+        );
+        assert_eq!(
+            ramp_order(1, true),
+            vec![Side::Proxy, Side::Bare, Side::Direct]
+        );
+        assert_eq!(
+            ramp_order(2, true),
+            vec![Side::Direct, Side::Proxy, Side::Bare]
+        );
+        let s = Saturation {
+            proxy_rps: 700.0,
+            bare_rps: Some(1000.0),
+            ..Saturation::default()
+        };
+        assert_eq!(s.features_ratio(), Some(0.7));
+        assert_eq!(Saturation::default().features_ratio(), None);
     }
 }

@@ -26,6 +26,13 @@ pub struct Targets {
     pub rss_mb: f64,
     /// Open streams of the memory target.
     pub open_streams: usize,
+    /// Saturation throughput with every feature on, as a share of the features-off proxy's.
+    #[serde(default = "default_features_ratio")]
+    pub features_ratio: f64,
+}
+
+fn default_features_ratio() -> f64 {
+    0.7
 }
 
 /// The open-streams phase.
@@ -128,6 +135,7 @@ impl Default for Targets {
             added_ttft_p50_ms: 0.3,
             rss_mb: 100.0,
             open_streams: 2000,
+            features_ratio: default_features_ratio(),
         }
     }
 }
@@ -198,6 +206,28 @@ impl BenchReport {
                 t.added_ttft_p50_ms,
             ),
         ];
+        let sat = self.comparisons.iter().find_map(|c| {
+            c.saturation
+                .as_ref()
+                .filter(|s| s.bare_rps.is_some())
+                .map(|s| (c, s))
+        });
+        rows.push(TargetRow {
+            what: "saturation, all features on vs off".into(),
+            goal: format!("≥ {:.0} %", t.features_ratio * 100.0),
+            measured: sat.map_or("not measured".to_owned(), |(c, s)| {
+                format!(
+                    "{:.0} % ({:.0} vs {:.0} ok/s, {})",
+                    s.features_ratio().unwrap_or(0.0) * 100.0,
+                    s.proxy_rps,
+                    s.bare_rps.unwrap_or(0.0),
+                    c.scenario
+                )
+            }),
+            met: sat
+                .and_then(|(_, s)| s.features_ratio())
+                .map(|r| r >= t.features_ratio),
+        });
         rows.push(row(
             format!("proxy RSS with {} open streams", t.open_streams),
             format!("≤ {} MB", t.rss_mb),
@@ -261,30 +291,40 @@ impl BenchReport {
 
         for c in &self.comparisons {
             let Some(s) = &c.saturation else { continue };
+            let bare = s.bare_rps.map_or(String::new(), |b| {
+                format!(", features-off proxy {b:.0} ok/s")
+            });
             let _ = writeln!(
                 out,
                 "\n## Saturation of `{}` (closed-loop ramp)\n\nHighest throughput: direct {:.0} \
-                 ok/s, proxy {:.0} ok/s (at {} workers); the comparison below ran open-loop at \
-                 {}.\n",
+                 ok/s, proxy {:.0} ok/s (at {} workers){bare}; the comparison below ran \
+                 open-loop at {}.\n",
                 c.scenario, s.direct_rps, s.proxy_rps, s.proxy_concurrency, c.load
             );
             out.push_str(
-                "| workers | direct ok/s | proxy ok/s | direct p50 ms | proxy p50 ms | direct \
-                 p99 ms | proxy p99 ms | errors (d/p) |\n|---:|---:|---:|---:|---:|---:|---:|---|\n",
+                "| workers | direct ok/s | proxy ok/s | off ok/s | direct p50 ms | proxy p50 ms \
+                 | off p50 ms | direct p99 ms | proxy p99 ms | off p99 ms | errors (d/p/off) \
+                 |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n",
             );
+            let dash = || "-".to_owned();
             for p in &s.points {
+                let b = p.bare.as_ref();
                 let _ = writeln!(
                     out,
-                    "| {} | {:.0} | {:.0} | {:.3} | {:.3} | {:.3} | {:.3} | {}/{} |",
+                    "| {} | {:.0} | {:.0} | {} | {:.3} | {:.3} | {} | {:.3} | {:.3} | {} | {}/{}/{} |",
                     p.concurrency,
                     p.direct.throughput_rps,
                     p.proxy.throughput_rps,
+                    b.map_or_else(dash, |b| format!("{:.0}", b.throughput_rps)),
                     p.direct.latency.p50_ms,
                     p.proxy.latency.p50_ms,
+                    b.map_or_else(dash, |b| format!("{:.3}", b.latency.p50_ms)),
                     p.direct.latency.p99_ms,
                     p.proxy.latency.p99_ms,
+                    b.map_or_else(dash, |b| format!("{:.3}", b.latency.p99_ms)),
                     p.direct.errors,
-                    p.proxy.errors
+                    p.proxy.errors,
+                    b.map_or_else(dash, |b| b.errors.to_string()),
                 );
             }
         }
@@ -455,7 +495,7 @@ mod tests {
         let met: Vec<Option<bool>> = rows.iter().map(|r| r.met).collect();
         assert_eq!(
             met,
-            vec![Some(true), Some(false), Some(true), None, Some(false)]
+            vec![Some(true), Some(false), Some(true), None, None, Some(false)]
         );
         assert!(
             rows[1].measured.starts_with("1.500 ms (plain"),
@@ -466,5 +506,37 @@ mod tests {
         assert!(md.contains("| added latency p99 vs direct, half saturation | ≤ 1 ms | 1.500 ms"));
         assert!(md.contains("| not measured | - |"));
         assert!(md.contains("0 lost, 1 duplicated of 10"));
+    }
+
+    #[test]
+    fn features_ratio_is_judged_against_the_off_proxy() {
+        let sat = |proxy_rps, bare_rps| Comparison {
+            scenario: "plain".into(),
+            saturation: Some(crate::compare::ramp::Saturation {
+                proxy_rps,
+                bare_rps: Some(bare_rps),
+                ..Default::default()
+            }),
+            ..Comparison::default()
+        };
+        let judged = |c: Comparison| {
+            let report = BenchReport {
+                comparisons: vec![c],
+                checks: vec![vec![]],
+                ..BenchReport::default()
+            };
+            report
+                .target_rows()
+                .into_iter()
+                .find(|r| r.what.starts_with("saturation"))
+                .unwrap()
+        };
+        let low = judged(sat(650.0, 1000.0));
+        assert_eq!(low.met, Some(false));
+        assert!(
+            low.measured.starts_with("65 % (650 vs 1000 ok/s"),
+            "{low:?}"
+        );
+        assert_eq!(judged(sat(700.0, 1000.0)).met, Some(true));
     }
 }
