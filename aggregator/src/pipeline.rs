@@ -207,7 +207,7 @@ impl Pipeline {
             return;
         }
         let orphans = match self.shared.orphans.lock() {
-            Ok(mut o) if !o.partitions.is_empty() => std::mem::take(&mut *o),
+            Ok(o) if !o.partitions.is_empty() => o.clone(),
             _ => return,
         };
         tracing::warn!(
