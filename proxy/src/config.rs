@@ -170,6 +170,11 @@ pub struct KafkaConfig {
     /// Enable the idempotent producer (acks=all).
     #[serde(default = "defaults::yes")]
     pub idempotence: bool,
+    /// How long the producer waits to fill a batch, ms (`linger.ms`). Larger batches cost the
+    /// proxy and the brokers less CPU per event; the delay only postpones metering (and budget
+    /// spend) by this much, never a request.
+    #[serde(default = "defaults::linger_ms")]
+    pub linger_ms: u64,
     /// Disk spool used while the broker is slow or down.
     #[serde(default)]
     pub spool: crate::usage::spool::SpoolConfig,
@@ -195,6 +200,9 @@ mod defaults {
     }
     pub fn topic() -> String {
         tollgate_schemas::topics::USAGE_TOPIC.into()
+    }
+    pub fn linger_ms() -> u64 {
+        20
     }
     pub fn queue_capacity() -> usize {
         100_000
@@ -418,6 +426,9 @@ impl ProxyConfig {
         }
         if self.kafka.topic.trim().is_empty() {
             return Err(invalid("kafka.topic", "must not be empty"));
+        }
+        if self.kafka.linger_ms > 1_000 {
+            return Err(invalid("kafka.linger_ms", "must be at most 1000"));
         }
         if self.kafka.queue_capacity == 0 {
             return Err(invalid("kafka.queue_capacity", "must be at least 1"));

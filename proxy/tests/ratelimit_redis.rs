@@ -232,10 +232,10 @@ async fn lua_window_slides_without_edge_bursts() {
             .key(&keys.minute)
             .key(&keys.day)
             .key(&keys.leases)
-            .arg(&[3, 0, 0, 0, 0, 0][..])
             .arg("")
             .arg(1_000)
             .arg(&[20, 5, 300_000, 288][..])
+            .arg(&[3, 0, 0, 0, 0, 0][..])
             .invoke_async(&mut conn)
             .await
             .unwrap();
@@ -270,4 +270,58 @@ async fn lua_window_slides_without_edge_bursts() {
         r <= 3 && o >= last - 5,
         "totals track the live buckets: R={r} o={o}"
     );
+}
+
+/// 300 requests of two entities finishing at once: the settle batcher corrects them in a few
+/// calls, and every token returned and every lease released arrives exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_settlements_is_batched_and_applied_exactly_once() {
+    let prefix = unique("rl");
+    let l = limiter(&prefix, 30);
+    let cat = catalog(
+        "{tpm: 1000000, concurrency: 1000}",
+        "{rpm: 100000, concurrency: 1000}",
+    );
+    let mut permits = Vec::new();
+    for _ in 0..300 {
+        let a = ask(&l, &cat, 10, Some(90)).await.unwrap();
+        permits.push(a.permit.unwrap());
+    }
+    let mut conn = redis::Client::open(redis_url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let key = limit_keys(&prefix, LimitEntity::Key, "k");
+    let model = limit_keys(&prefix, LimitEntity::Model, "m");
+    assert_eq!(conn.zcard::<_, i64>(&key.leases).await.unwrap(), 300);
+    assert_eq!(
+        conn.hget::<_, _, i64>(&key.minute, "T").await.unwrap(),
+        300 * 100
+    );
+    // Each call used 40 of its 100 reserved tokens.
+    for p in permits {
+        p.settle(&Tokens {
+            prompt: 10,
+            completion: 30,
+            cached: 0,
+            estimated: false,
+        });
+    }
+    wait_until("settlements", Duration::from_secs(5), async || {
+        conn.zcard::<_, i64>(&key.leases).await.unwrap() == 0
+            && conn.zcard::<_, i64>(&model.leases).await.unwrap() == 0
+    })
+    .await;
+    assert_eq!(
+        conn.hget::<_, _, i64>(&key.minute, "T").await.unwrap(),
+        300 * 40
+    );
+    assert_eq!(conn.hget::<_, _, i64>(&key.minute, "R").await.unwrap(), 300);
+    assert_eq!(
+        conn.hget::<_, _, i64>(&model.minute, "R").await.unwrap(),
+        300
+    );
+    assert_eq!(l.leases_held(), 0);
+    l.shutdown();
 }

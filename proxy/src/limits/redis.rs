@@ -1,14 +1,18 @@
-//! Redis backend: one `EVALSHA` of `acquire.lua` per limited entity, all of a request's
-//! entities pipelined in one round trip; settlement and refunds are sent in the background.
+//! Redis backend: one `EVALSHA` of `acquire.lua` checks all of a request's entities in one round
+//! trip. Settlements and refunds go to a background batcher: whatever finished while the
+//! previous batch was in flight is corrected by one `settle.lua` call, so a busy proxy spends
+//! a fraction of a script call per request on them (and an idle one sends each at once).
 //! Scripts take the time from Redis (`TIME`), so proxies' clocks do not matter.
 //!
 //! On a Redis Cluster each entity's keys share a hash tag (one slot), but a request's entities
-//! live in different slots, so the calls are sent as concurrent single-slot requests instead of
-//! one pipeline (missing scripts are then loaded on every primary by `SCRIPT LOAD`).
+//! live in different slots, so there each entity (and each correction) is its own concurrent
+//! single-slot call (missing scripts are then loaded on every primary by `SCRIPT LOAD`).
 
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
-use std::sync::{Arc, LazyLock};
+use std::sync::{Arc, LazyLock, OnceLock, Weak};
 use std::time::Duration;
+
+use tokio::sync::mpsc;
 
 use redis::{ErrorKind, Script, ScriptInvocation, ServerErrorKind};
 use tollgate_schemas::redis_keys::{self, LimitKeys};
@@ -44,6 +48,19 @@ static RENEW: LazyLock<Script> = LazyLock::new(|| {
 const BREAKER_MS: i64 = 1_000;
 /// Most lease ids per renew call.
 const RENEW_CHUNK: usize = 500;
+/// Most finished requests corrected by one settle call.
+const SETTLE_BATCH: usize = 128;
+/// Corrections waiting for the batcher; beyond this they are dropped and counted as failed
+/// settlements (`op="settle"`), like a settle call that failed.
+const SETTLE_QUEUE: usize = 16_384;
+/// Values per entity in an acquire reply.
+const ROW: usize = 12;
+
+/// One request's corrections, waiting for the batcher.
+struct Settle {
+    adjustments: Vec<Adjust>,
+    lease: Option<Arc<str>>,
+}
 
 /// A failed call to Redis.
 #[derive(Debug, thiserror::Error)]
@@ -68,6 +85,7 @@ pub struct RedisLimiter {
     down_until: AtomicI64,
     down: AtomicBool,
     leases: Leases,
+    settle_tx: OnceLock<mpsc::Sender<Settle>>,
 }
 
 impl std::fmt::Debug for RedisLimiter {
@@ -108,6 +126,7 @@ impl RedisLimiter {
             down_until: AtomicI64::new(0),
             down: AtomicBool::new(false),
             leases: Leases::default(),
+            settle_tx: OnceLock::new(),
         })
     }
 
@@ -195,37 +214,53 @@ impl RedisLimiter {
     ) -> Result<Vec<Checked>, StoreFailure> {
         let keys: Vec<LimitKeys> = targets.iter().map(|t| self.keys(t)).collect();
         let lease_id: &str = lease.map_or("", |l| l);
-        let invocations: Vec<_> = targets
-            .iter()
-            .zip(&keys)
-            .map(|(t, k)| {
-                let l = &t.limit;
-                let mut inv = ACQUIRE.prepare_invoke();
-                inv.key(&k.minute).key(&k.day).key(&k.leases);
-                for v in [l.rpm, l.rpd, l.tpm, l.tpd, l.concurrency] {
-                    inv.arg(v.unwrap_or(0));
-                }
-                inv.arg(t.reserve)
-                    .arg(lease_id)
-                    .arg(self.lease_ms)
-                    .arg(MINUTE.bucket_ms)
-                    .arg(MINUTE.buckets)
-                    .arg(DAY.bucket_ms)
-                    .arg(DAY.buckets);
-                inv
-            })
-            .collect();
+        let call = || {
+            let mut inv = ACQUIRE.prepare_invoke();
+            inv.arg(lease_id)
+                .arg(self.lease_ms)
+                .arg(MINUTE.bucket_ms)
+                .arg(MINUTE.buckets)
+                .arg(DAY.bucket_ms)
+                .arg(DAY.buckets);
+            inv
+        };
+        let add = |inv: &mut ScriptInvocation<'_>, t: &Target, k: &LimitKeys| {
+            let l = &t.limit;
+            inv.key(&k.minute).key(&k.day).key(&k.leases);
+            for v in [l.rpm, l.rpd, l.tpm, l.tpd, l.concurrency] {
+                inv.arg(v.unwrap_or(0));
+            }
+            inv.arg(t.reserve);
+        };
+        // One call for all entities on a single server; one per entity (slot) on a cluster.
+        let invocations: Vec<_> = if self.conn.is_cluster() {
+            targets
+                .iter()
+                .zip(&keys)
+                .map(|(t, k)| {
+                    let mut inv = call();
+                    add(&mut inv, t, k);
+                    inv
+                })
+                .collect()
+        } else {
+            let mut inv = call();
+            for (t, k) in targets.iter().zip(&keys) {
+                add(&mut inv, t, k);
+            }
+            vec![inv]
+        };
         let replies = self.bounded(self.run(&invocations)).await?;
-        let rows: Vec<Vec<i64>> = replies
-            .iter()
-            .map(redis::from_redis_value_ref)
-            .collect::<Result<_, _>>()
-            .map_err(|_| StoreFailure::Reply)?;
-        if rows.len() != targets.len() {
+        let mut values: Vec<i64> = Vec::with_capacity(targets.len() * ROW);
+        for r in &replies {
+            let part: Vec<i64> = redis::from_redis_value_ref(r).map_err(|_| StoreFailure::Reply)?;
+            values.extend(part);
+        }
+        if values.len() != targets.len() * ROW {
             return Err(StoreFailure::Reply);
         }
-        let mut out = Vec::with_capacity(rows.len());
-        for ((row, t), k) in rows.iter().zip(targets).zip(&keys) {
+        let mut out = Vec::with_capacity(targets.len());
+        for ((row, t), k) in values.chunks(ROW).zip(targets).zip(&keys) {
             let checked = parse(row)?;
             if let (None, Some(id), true) = (checked.denied, lease, t.leases()) {
                 self.leases.hold(&k.leases, id);
@@ -235,7 +270,8 @@ impl RedisLimiter {
         Ok(out)
     }
 
-    /// Send corrections in the background (never awaited by a client).
+    /// Send corrections in the background (never awaited by a client): queued for the
+    /// settle batcher, started on first use.
     pub fn apply(self: &Arc<Self>, adjustments: Vec<Adjust>, lease: Option<Arc<str>>) {
         if let Some(id) = &lease {
             for a in adjustments
@@ -248,48 +284,72 @@ impl RedisLimiter {
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        let me = self.clone();
-        rt.spawn(async move {
-            if let Err(e) = me.bounded(me.apply_now(&adjustments, lease.as_deref())).await {
-                metrics::counter!(tollgate_schemas::telemetry::RATELIMIT_BACKEND_ERRORS, "op" => "settle")
-                    .increment(1);
-                tracing::debug!(error = %e, "rate-limit settlement failed");
-            }
+        let tx = self.settle_tx.get_or_init(|| {
+            let (tx, rx) = mpsc::channel(SETTLE_QUEUE);
+            rt.spawn(settle_loop(Arc::downgrade(self), rx));
+            tx
         });
+        if tx.try_send(Settle { adjustments, lease }).is_err() {
+            metrics::counter!(tollgate_schemas::telemetry::RATELIMIT_BACKEND_ERRORS, "op" => "settle")
+                .increment(1);
+            tracing::debug!("rate-limit settlement dropped: settle queue full");
+        }
     }
 
-    async fn apply_now(
-        &self,
-        adjustments: &[Adjust],
-        lease: Option<&str>,
-    ) -> Result<(), StoreFailure> {
-        let keys: Vec<LimitKeys> = adjustments.iter().map(|a| self.keys(&a.target)).collect();
-        let invocations: Vec<_> = adjustments
+    /// Correct every request of `batch`: one call on a single server, one per correction on
+    /// a cluster.
+    async fn apply_now(&self, batch: &[Settle]) -> Result<(), StoreFailure> {
+        let rows: Vec<(&Adjust, &str, LimitKeys)> = batch
             .iter()
-            .zip(&keys)
-            .map(|(a, k)| {
-                let t = &a.target;
-                let bucket = |used: bool, b: i64| if used { b.to_string() } else { String::new() };
-                let lease_id = match (a.release && t.leases(), lease) {
-                    (true, Some(id)) => id,
-                    _ => "",
-                };
-                let mut inv = SETTLE.prepare_invoke();
-                inv.key(&k.minute)
-                    .key(&k.day)
-                    .key(&k.leases)
-                    .arg(bucket(t.uses_minute(), a.minute_bucket))
-                    .arg(bucket(t.uses_day(), a.day_bucket))
-                    .arg(a.requests)
-                    .arg(a.tokens)
-                    .arg(lease_id)
-                    .arg(MINUTE.bucket_ms)
-                    .arg(MINUTE.buckets)
-                    .arg(DAY.bucket_ms)
-                    .arg(DAY.buckets);
-                inv
+            .flat_map(|s| {
+                s.adjustments.iter().map(move |a| {
+                    let lease_id = match (a.release && a.target.leases(), &s.lease) {
+                        (true, Some(id)) => &**id,
+                        _ => "",
+                    };
+                    (a, lease_id, self.keys(&a.target))
+                })
             })
             .collect();
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let call = || {
+            let mut inv = SETTLE.prepare_invoke();
+            inv.arg(MINUTE.bucket_ms)
+                .arg(MINUTE.buckets)
+                .arg(DAY.bucket_ms)
+                .arg(DAY.buckets);
+            inv
+        };
+        let add = |inv: &mut ScriptInvocation<'_>,
+                   (a, lease_id, k): &(&Adjust, &str, LimitKeys)| {
+            let t = &a.target;
+            let bucket = |used: bool, b: i64| if used { b.to_string() } else { String::new() };
+            inv.key(&k.minute)
+                .key(&k.day)
+                .key(&k.leases)
+                .arg(bucket(t.uses_minute(), a.minute_bucket))
+                .arg(bucket(t.uses_day(), a.day_bucket))
+                .arg(a.requests)
+                .arg(a.tokens)
+                .arg(*lease_id);
+        };
+        let invocations: Vec<_> = if self.conn.is_cluster() {
+            rows.iter()
+                .map(|r| {
+                    let mut inv = call();
+                    add(&mut inv, r);
+                    inv
+                })
+                .collect()
+        } else {
+            let mut inv = call();
+            for r in &rows {
+                add(&mut inv, r);
+            }
+            vec![inv]
+        };
         self.run(&invocations).await.map(drop)
     }
 
@@ -311,6 +371,21 @@ impl RedisLimiter {
             }
         }
         self.bounded(self.run(&invocations)).await.map(drop)
+    }
+}
+
+/// The settle batcher: takes whatever corrections are waiting (up to [`SETTLE_BATCH`]
+/// requests), sends them in one call, and repeats; ends when the limiter is dropped.
+async fn settle_loop(limiter: Weak<RedisLimiter>, mut rx: mpsc::Receiver<Settle>) {
+    let mut batch = Vec::with_capacity(SETTLE_BATCH);
+    while rx.recv_many(&mut batch, SETTLE_BATCH).await > 0 {
+        let Some(me) = limiter.upgrade() else { return };
+        if let Err(e) = me.bounded(me.apply_now(&batch)).await {
+            metrics::counter!(tollgate_schemas::telemetry::RATELIMIT_BACKEND_ERRORS, "op" => "settle")
+                .increment(1);
+            tracing::debug!(error = %e, requests = batch.len(), "rate-limit settlement failed");
+        }
+        batch.clear();
     }
 }
 

@@ -3,7 +3,8 @@
 //!
 //! Requests call [`UsageSink::submit`], a non-blocking push into a bounded queue (a full queue
 //! drops the event and counts it). One task encodes events (Avro single-object) and produces
-//! them with rdkafka's threaded producer (idempotent, acks=all, lz4, linger 5 ms, key = account).
+//! them with rdkafka's threaded producer (idempotent, acks=all, lz4, `linger_ms` (20 ms by
+//! default), key = account).
 //!
 //! An event goes to the disk [spool](crate::usage::spool) instead when librdkafka's queue is
 //! full, when its delivery fails (`message.timeout.ms` is 5 s with a spool, so an outage shows
@@ -325,7 +326,7 @@ fn producer_config(cfg: &KafkaConfig) -> ClientConfig {
     client
         .set("bootstrap.servers", &cfg.brokers)
         .set("compression.type", "lz4")
-        .set("linger.ms", "5")
+        .set("linger.ms", cfg.linger_ms.to_string())
         .set("message.timeout.ms", timeout)
         .set("queue.buffering.max.messages", "100000")
         .set("reconnect.backoff.ms", "100")

@@ -1,19 +1,24 @@
-
--- After a request (or to refund one another entity refused): correct its counts, drop its lease.
--- KEYS: minute hash, day hash, lease set.
--- ARGV: minute bucket ('' = window unused), day bucket ('' = unused), request delta,
---       token delta, lease id ('' = none), minute bucket ms, minute buckets, day bucket ms,
---       day buckets.
-local dr, dt = tonumber(ARGV[3]), tonumber(ARGV[4])
-if dr ~= 0 or dt ~= 0 then
-  if ARGV[1] ~= '' then
-    win_adjust(win_open(KEYS[1], tonumber(ARGV[6]), tonumber(ARGV[7])), tonumber(ARGV[1]), dr, dt)
+-- After requests (or to refund what another entity refused): correct counts, drop leases.
+-- Many corrections go in one call (a batch of finished requests; on a cluster, those of one
+-- slot).
+-- KEYS: per correction i (0-based) at 3i+1..3i+3: minute hash, day hash, lease set.
+-- ARGV[1..4]: minute bucket ms, minute buckets, day bucket ms, day buckets.
+-- ARGV per correction i at 5i+5..5i+9: minute bucket ('' = window unused), day bucket
+--       ('' = unused), request delta, token delta, lease id ('' = none).
+local mw, mn, dw, dn = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+for i = 0, #KEYS / 3 - 1 do
+  local a = 5 * i + 4
+  local dr, dt = tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4])
+  if dr ~= 0 or dt ~= 0 then
+    if ARGV[a + 1] ~= '' then
+      win_adjust(KEYS[3 * i + 1], mw, mn, tonumber(ARGV[a + 1]), dr, dt)
+    end
+    if ARGV[a + 2] ~= '' then
+      win_adjust(KEYS[3 * i + 2], dw, dn, tonumber(ARGV[a + 2]), dr, dt)
+    end
   end
-  if ARGV[2] ~= '' then
-    win_adjust(win_open(KEYS[2], tonumber(ARGV[8]), tonumber(ARGV[9])), tonumber(ARGV[2]), dr, dt)
+  if ARGV[a + 5] ~= '' then
+    redis.call('ZREM', KEYS[3 * i + 3], ARGV[a + 5])
   end
-end
-if ARGV[5] ~= '' then
-  redis.call('ZREM', KEYS[3], ARGV[5])
 end
 return 1

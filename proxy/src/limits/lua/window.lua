@@ -6,10 +6,12 @@ local TIME = redis.call('TIME')
 local NOW = tonumber(TIME[1]) * 1000 + math.floor(tonumber(TIME[2]) / 1000)
 
 -- Load a window, dropping buckets that left it (each bucket is walked once: amortized O(1)).
+-- One HMGET also reads the current bucket, so that win_add writes with a single HSET.
 local function win_open(key, width, n)
-  local w = {key = key, width = width, n = n, cur = math.floor(NOW / width), r = 0, t = 0}
-  local first = w.cur - n
-  local h = redis.call('HMGET', key, 'o', 'R', 'T')
+  local cur = math.floor(NOW / width)
+  local w = {key = key, width = width, n = n, cur = cur, r = 0, t = 0, cr = 0, ct = 0, new = true}
+  local first = cur - n
+  local h = redis.call('HMGET', key, 'o', 'R', 'T', 'r' .. cur, 't' .. cur)
   local o = tonumber(h[1])
   if o == nil then
     return w
@@ -18,24 +20,29 @@ local function win_open(key, width, n)
     redis.call('DEL', key)
     return w
   end
-  local r, t, start = tonumber(h[2]) or 0, tonumber(h[3]) or 0, o
-  while o < first do
-    local b = redis.call('HMGET', key, 'r' .. o, 't' .. o)
-    if b[1] then
-      r = r - (tonumber(b[1]) or 0)
-      t = t - (tonumber(b[2]) or 0)
-      redis.call('HDEL', key, 'r' .. o, 't' .. o)
+  local r, t = tonumber(h[2]) or 0, tonumber(h[3]) or 0
+  if h[4] then
+    w.cr, w.ct, w.new = tonumber(h[4]) or 0, tonumber(h[5]) or 0, false
+  end
+  if o < first then
+    -- Only after a drop can the oldest stored bucket be missing: walk to the next one.
+    while o < first do
+      local b = redis.call('HMGET', key, 'r' .. o, 't' .. o)
+      if b[1] then
+        r = r - (tonumber(b[1]) or 0)
+        t = t - (tonumber(b[2]) or 0)
+        redis.call('HDEL', key, 'r' .. o, 't' .. o)
+      end
+      o = o + 1
     end
-    o = o + 1
-  end
-  while o <= w.cur and redis.call('HEXISTS', key, 'r' .. o) == 0 do
-    o = o + 1
-  end
-  if o > w.cur then
-    redis.call('DEL', key)
-    return w
-  end
-  if o ~= start then
+    while o <= cur and redis.call('HEXISTS', key, 'r' .. o) == 0 do
+      o = o + 1
+    end
+    if o > cur then
+      redis.call('DEL', key)
+      w.cr, w.ct, w.new = 0, 0, true
+      return w
+    end
     redis.call('HSET', key, 'o', o, 'R', r, 'T', t)
   end
   w.o, w.r, w.t = o, r, t
@@ -62,34 +69,44 @@ local function win_wait(w, f, excess)
   return math.max(0, (w.cur + w.n + 1) * w.width - NOW)
 end
 
--- Count requests r and tokens t in the current bucket.
+-- Count requests r and tokens t in the current bucket (one HSET; the expiry is set when the
+-- bucket is created: (n + 2) buckets from then outlast the bucket's stay in the window).
 local function win_add(w, r, t)
   local key, cur = w.key, w.cur
-  redis.call('HINCRBY', key, 'r' .. cur, r)
-  redis.call('HINCRBY', key, 't' .. cur, t)
-  redis.call('HINCRBY', key, 'R', r)
-  redis.call('HINCRBY', key, 'T', t)
+  w.cr, w.ct, w.r, w.t = w.cr + r, w.ct + t, w.r + r, w.t + t
   if w.o == nil or w.o > cur then
-    redis.call('HSET', key, 'o', cur)
     w.o = cur
+    redis.call('HSET', key, 'r' .. cur, w.cr, 't' .. cur, w.ct, 'R', w.r, 'T', w.t, 'o', cur)
+  else
+    redis.call('HSET', key, 'r' .. cur, w.cr, 't' .. cur, w.ct, 'R', w.r, 'T', w.t)
   end
-  w.r, w.t = w.r + r, w.t + t
-  redis.call('PEXPIRE', key, (w.n + 2) * w.width)
+  if w.new then
+    w.new = false
+    redis.call('PEXPIRE', key, (w.n + 2) * w.width)
+  end
 end
 
--- Correct bucket b (never below zero); if it left the window, extra tokens count now.
-local function win_adjust(w, b, dr, dt)
-  if redis.call('HEXISTS', w.key, 'r' .. b) == 1 then
-    local v = redis.call('HMGET', w.key, 'r' .. b, 't' .. b)
-    local r, t = tonumber(v[1]) or 0, tonumber(v[2]) or 0
-    if dr < -r then dr = -r end
-    if dt < -t then dt = -t end
-    redis.call('HINCRBY', w.key, 'r' .. b, dr)
-    redis.call('HINCRBY', w.key, 't' .. b, dt)
-    redis.call('HINCRBY', w.key, 'R', dr)
-    redis.call('HINCRBY', w.key, 'T', dt)
-  elseif dt > 0 then
-    win_add(w, 0, dt)
+-- Correct bucket b of the window at `key` (never below zero). A bucket still in the window is
+-- corrected in place (stale buckets before it are dropped by the next win_open, with their
+-- corrected counts); if b already left the window, extra tokens count now.
+local function win_adjust(key, width, n, b, dr, dt)
+  if b >= math.floor(NOW / width) - n then
+    local v = redis.call('HMGET', key, 'r' .. b, 't' .. b, 'R', 'T')
+    if v[1] then
+      local r, t = tonumber(v[1]) or 0, tonumber(v[2]) or 0
+      if dr < -r then dr = -r end
+      if dt < -t then dt = -t end
+      local total_r, total_t = tonumber(v[3]) or 0, tonumber(v[4]) or 0
+      if dr ~= 0 then
+        redis.call('HSET', key, 'r' .. b, r + dr, 't' .. b, t + dt, 'R', total_r + dr, 'T', total_t + dt)
+      elseif dt ~= 0 then
+        redis.call('HSET', key, 't' .. b, t + dt, 'T', total_t + dt)
+      end
+      return
+    end
+  end
+  if dt > 0 then
+    win_add(win_open(key, width, n), 0, dt)
   end
 end
 

@@ -22,6 +22,7 @@ fn kafka_cfg(dir: &Path) -> KafkaConfig {
         topic: "t".into(),
         queue_capacity: 1000,
         idempotence: true,
+        linger_ms: 5,
         spool: spool_cfg(dir, 1 << 20),
     }
 }
