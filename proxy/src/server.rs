@@ -96,7 +96,6 @@ pub async fn start(cfg: ProxyConfig) -> Result<ProxyHandle, StartError> {
         Some(a) => Some(AdminServer::start_with(a, &control, credits).await?),
         None => None,
     };
-    crate::providers::tokens::warm_up();
     let limits = Limiter::start(&cfg.limits, cfg.redis.as_ref().map(|r| r.url.as_str()))?;
     let state = AppState {
         catalog: control.catalog(),

@@ -18,7 +18,10 @@ const TPM_KEY: &str = "sk-rl-tpm-000001";
 async fn rpm_and_tpm_are_shared_by_three_proxies_and_hold_at_window_edges() {
     let keys = key("key_rpm", RPM_KEY, "{rpm: 60}")
         + &key("key_tpm", TPM_KEY, "{tpm: 2000, tokens: total}");
-    let fleet = Fleet::start(3, MockConfig::default(), "lease_secs: 30", &keys).await;
+    // A generous Redis timeout and fail-closed: on a loaded machine a slow answer must not
+    // quietly fall back to per-proxy limits (which would admit up to 3 × 60).
+    let limits = "lease_secs: 30, timeout_ms: 3000, failure_mode: closed";
+    let fleet = Fleet::start(3, MockConfig::default(), limits, &keys).await;
     let started = std::time::Instant::now();
     tokio::join!(rpm_scenario(&fleet), tpm_scenario(&fleet));
     println!("both scenarios done in {:?}", started.elapsed());
