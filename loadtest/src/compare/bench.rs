@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
+use super::cpu::{cpu_profile, CpuProfile, CpuSpec, Proc, Processes};
 use super::ramp::{saturation, RampConfig, Saturation};
 use super::report::{BenchReport, Machine, ProxyUsage, StreamsResult, Targets};
 use super::spawn::{http_url, Launch, Service};
@@ -201,6 +202,9 @@ pub struct BenchPlan {
     /// Comparisons.
     #[serde(default)]
     pub compare: Vec<CompareSpec>,
+    /// CPU per request of every process, features on and off (needs `bare_proxy`).
+    #[serde(default)]
+    pub cpu_profile: Option<CpuSpec>,
     /// Open-streams memory phase.
     #[serde(default)]
     pub streams: Option<StreamsSpec>,
@@ -364,6 +368,7 @@ async fn launch_proxy(
 /// Scenarios of a plan, loaded.
 struct Loaded<'p> {
     compares: Vec<(&'p CompareSpec, Scenario, &'p MockSpec)>,
+    cpu: Option<Scenario>,
     streams: Option<Scenario>,
 }
 
@@ -386,6 +391,13 @@ fn load_scenarios<'p>(plan: &'p BenchPlan, base: &Path) -> anyhow::Result<Loaded
         let s = overridden(load(&c.scenario)?, c.duration_secs, c.warmup_secs)?;
         compares.push((c, s, plan.mock(&c.mock)?));
     }
+    let cpu = match &plan.cpu_profile {
+        Some(_) if plan.bare_proxy.is_none() => {
+            anyhow::bail!("cpu_profile needs a bare_proxy to compare with")
+        }
+        Some(spec) => Some(spec.shape(load(&spec.scenario)?)?),
+        None => None,
+    };
     let streams = match &plan.streams {
         Some(spec) => {
             let mut s = load(&spec.scenario)?;
@@ -396,7 +408,11 @@ fn load_scenarios<'p>(plan: &'p BenchPlan, base: &Path) -> anyhow::Result<Loaded
         }
         None => None,
     };
-    Ok(Loaded { compares, streams })
+    Ok(Loaded {
+        compares,
+        cpu,
+        streams,
+    })
 }
 
 fn sides(plan: &BenchPlan, mock: &MockSpec, proxy_pid: Option<u32>) -> anyhow::Result<Sides> {
@@ -479,6 +495,7 @@ impl StreamSampler {
 /// What the load phases produced.
 struct PhaseResults {
     comparisons: Vec<Comparison>,
+    cpu: Option<CpuProfile>,
     streams: Option<StreamsResult>,
 }
 
@@ -491,6 +508,7 @@ impl PhaseResults {
                 c.proxy.total_ok() + c.saturation.as_ref().map_or(0, Saturation::proxy_total_ok)
             })
             .sum::<u64>()
+            + self.cpu.as_ref().map_or(0, |c| c.on_ok)
             + self.streams.as_ref().map_or(0, |s| s.summary.total_ok())
     }
 }
@@ -658,6 +676,69 @@ async fn streams_phase(
     Ok(r)
 }
 
+/// CPU per request of every process, features on and off.
+async fn cpu_phase(
+    ctx: &Ctx<'_>,
+    scenario: &Scenario,
+    services: &Services,
+) -> anyhow::Result<CpuProfile> {
+    let (Some(spec), Some(bare)) = (&ctx.plan.cpu_profile, &ctx.plan.bare_proxy) else {
+        anyhow::bail!("cpu_profile needs a bare_proxy");
+    };
+    let pid = |s: Option<&Service>, name: &str| {
+        s.and_then(Service::pid)
+            .map(|pid| Proc {
+                name: name.to_owned(),
+                pid,
+            })
+            .with_context(|| format!("cpu profile: no pid for {name}"))
+    };
+    let mut others: Vec<Proc> = services
+        .mocks
+        .iter()
+        .filter_map(|m| {
+            m.pid().map(|pid| Proc {
+                name: m.name.clone(),
+                pid,
+            })
+        })
+        .collect();
+    others.push(pid(Some(&services.aggregator), "aggregator")?);
+    others.push(Proc {
+        name: "load generator".into(),
+        pid: std::process::id(),
+    });
+    others.extend(spec.watch.iter().filter_map(Proc::watched));
+    let procs = Processes {
+        on: pid(services.proxy.as_ref(), "proxy")?,
+        off: pid(services.bare.as_ref(), "proxy-off")?,
+        others,
+    };
+    eprintln!(
+        "cpu profile {}: {} per side, features off then on",
+        scenario.name,
+        scenario.load_label()
+    );
+    let drain = Duration::try_from_secs_f64(spec.drain_secs).context("cpu_profile.drain_secs")?;
+    let bar = progress_bar(
+        (scenario.duration() + scenario.warmup() + drain) * 2,
+        &format!("{} cpu", scenario.name),
+        ctx.progress,
+    );
+    let targets = (
+        Target::new("proxy", &ctx.plan.proxy_url)?,
+        Target::new("proxy-off", &bare.url)?,
+    );
+    let p = cpu_profile(scenario, targets, &procs, drain, ctx.run_id, &bar).await?;
+    bar.finish_and_clear();
+    let (on, off) = p.totals();
+    eprintln!(
+        "  on {:.0} ok/s, {on:.0} µs CPU per request; off {:.0} ok/s, {off:.0} µs",
+        p.on_rps, p.off_rps
+    );
+    Ok(p)
+}
+
 async fn phases(
     ctx: &Ctx<'_>,
     loaded: &Loaded<'_>,
@@ -669,12 +750,17 @@ async fn phases(
         let pid = services.proxy.as_ref().and_then(Service::pid);
         comparisons.push(compare_phase(ctx, spec, scenario, mock, pid).await?);
     }
+    let cpu = match &loaded.cpu {
+        Some(scenario) => Some(cpu_phase(ctx, scenario, services).await?),
+        None => None,
+    };
     let streams = match &loaded.streams {
         Some(scenario) => Some(streams_phase(ctx, scenario, services, usage).await?),
         None => None,
     };
     Ok(PhaseResults {
         comparisons,
+        cpu,
         streams,
     })
 }
@@ -740,6 +826,7 @@ pub async fn run_bench(opts: &BenchOptions) -> anyhow::Result<(BenchReport, Path
         machine: Machine::detect(),
         targets: plan.targets.clone(),
         comparisons: r.comparisons,
+        cpu: r.cpu,
         streams: r.streams,
         verification,
         checks: plan.compare.iter().map(|c| c.checks.clone()).collect(),

@@ -5,10 +5,12 @@
 //! * [`compare_scenario`]: interleaved open- or closed-loop comparison,
 //!   proxy CPU per request and RSS.
 //! * [`ramp`]: closed-loop saturation ramp of both sides.
+//! * [`cpu`]: CPU per request of every process, features on and off.
 //! * [`bench`](mod@bench): the `make bench` orchestration (binaries, scenarios,
 //!   ClickHouse verification, report).
 
 pub mod bench;
+pub mod cpu;
 pub mod ramp;
 pub mod report;
 pub mod spawn;

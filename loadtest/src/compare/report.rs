@@ -117,6 +117,9 @@ pub struct BenchReport {
     pub targets: Targets,
     /// Interleaved comparisons.
     pub comparisons: Vec<Comparison>,
+    /// CPU per request of every process, features on and off.
+    #[serde(default)]
+    pub cpu: Option<super::cpu::CpuProfile>,
     /// Open-streams phase.
     pub streams: Option<StreamsResult>,
     /// ClickHouse row check.
@@ -361,6 +364,10 @@ impl BenchReport {
             );
         }
 
+        if let Some(p) = &self.cpu {
+            out.push_str(&cpu_markdown(p));
+        }
+
         out.push_str("\n## Runs\n\n");
         let mut runs = self.chart_runs();
         if let Some(s) = &self.streams {
@@ -447,6 +454,35 @@ impl BenchReport {
         )?;
         Ok(files.markdown)
     }
+}
+
+/// The CPU table: µs of each process per successful request, features on and off.
+fn cpu_markdown(p: &super::cpu::CpuProfile) -> String {
+    let us = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.0}"));
+    let mut out = format!(
+        "\n## CPU per request by process\n\n`{}` closed-loop at {} workers through each proxy \
+         in turn (CPU read from /proc before and after, a drain pause included): full proxy \
+         {:.0} ok/s, features-off proxy {:.0} ok/s. Every process shares the same {} cores, \
+         so the sum is what bounds throughput.\n\n| process | features on µs/request | \
+         features off µs/request |\n|---|---:|---:|\n",
+        p.scenario,
+        p.concurrency,
+        p.on_rps,
+        p.off_rps,
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    for r in &p.rows {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} |",
+            r.process,
+            us(r.on_us),
+            us(r.off_us)
+        );
+    }
+    let (on, off) = p.totals();
+    let _ = writeln!(out, "| **total** | **{on:.0}** | **{off:.0}** |");
+    out
 }
 
 #[cfg(test)]

@@ -269,13 +269,21 @@ async fn open_loop(
         let offset = schedule.offset(k);
         let intended = start + offset;
         tokio::time::sleep_until(tokio::time::Instant::from_std(intended)).await;
-        let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
-            break;
+        // Latency counts from the send when the request leaves on schedule (the timer wakes
+        // up to ~1 ms late: the load generator's lag, not the target's), and from the
+        // intended time when the in-flight cap held it back (the target was too slow: no
+        // coordinated omission).
+        let (permit, from) = match Arc::clone(&permits).try_acquire_owned() {
+            Ok(p) => (p, Instant::now()),
+            Err(_) => match Arc::clone(&permits).acquire_owned().await {
+                Ok(p) => (p, intended),
+                Err(_) => break,
+            },
         };
         let (runner, tx) = (runner.clone(), tx.clone());
         let warmup = schedule.is_warmup(k);
         tokio::spawn(async move {
-            let o = runner.send(first + k, intended).await;
+            let o = runner.send(first + k, from).await;
             drop(permit);
             let at = offset.saturating_sub(measured_start);
             let _ = tx.send((first + k, warmup, at, o));
