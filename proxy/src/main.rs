@@ -2,6 +2,8 @@
 
 /// mimalloc: the hot path allocates small buffers per request; glibc malloc showed up as
 /// ~15 % of the proxy's CPU in profiles (docs/benchmarks.md).
+/// (Cargo feature `mimalloc`, on by default.)
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
