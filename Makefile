@@ -77,6 +77,9 @@ define bench_run
 	@rm -rf $(STATE)/bench-kafka
 	@$(BENCH_KAFKA) start kafka
 	@$(BENCH_KAFKA) topic $(BENCH_TOPIC) 4
+	@# Fresh Redis state: the proxy seeds its YAML entities only once per prefix, so a changed
+	@# bench-proxy.yaml would otherwise run with the entities of an earlier run.
+	@redis-cli --scan --pattern 'tollgate-bench:*' | xargs -r -n 500 redis-cli del >/dev/null
 	@status=0; $(BENCH_BIN)/tollgate-loadtest bench --plan $(1) --bin-dir $(BENCH_BIN) \
 	  --out bench/results || status=$$?; $(BENCH_KAFKA) stop kafka >/dev/null; exit $$status
 endef
