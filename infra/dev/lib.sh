@@ -99,7 +99,9 @@ wait_for() {
     if "$@" >/dev/null 2>&1; then
       return 0
     fi
-    if ! pid_alive "$pidfile" "$pattern"; then
+    # Right after start_daemon the pid may still be the subshell about to exec the service
+    # (its cmdline does not match yet): only a pid that is gone means the service died.
+    if ! pid_alive "$pidfile" "$pattern" && ! kill -0 "$(read_pid "$pidfile")" 2>/dev/null; then
       printf '[stack] ERROR: %s exited during startup. Log: %s\n' "$name" "$logfile" >&2
       show_log "$logfile" 30
       return 1
