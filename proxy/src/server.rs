@@ -108,19 +108,10 @@ pub async fn start(cfg: ProxyConfig) -> Result<ProxyHandle, StartError> {
         limits: limits.clone(),
         budgets: budgets.clone(),
     };
-    let (stop, mut stopped) = watch::channel(false);
     let app = router(state);
     let header_timeout = Duration::from_millis(cfg.header_read_timeout_ms);
     let tls = cfg.tls.as_ref().map(crate::tls::acceptor).transpose()?;
-    let server = tokio::spawn(crate::listener::serve(
-        listener,
-        app,
-        header_timeout,
-        tls,
-        async move {
-            let _ = stopped.wait_for(|s| *s).await;
-        },
-    ));
+    let (stop, server) = crate::listener::spawn(listener, app, header_timeout, tls);
     tracing::info!(%addr, proxy_id, "proxy listening");
     Ok(ProxyHandle {
         addr,

@@ -21,6 +21,23 @@ pub fn default_header_read_timeout_ms() -> u64 {
     30_000
 }
 
+/// [`serve`] on its own task until `true` is sent on the returned sender.
+pub fn spawn(
+    listener: TcpListener,
+    app: Router,
+    header_read_timeout: Duration,
+    tls: Option<TlsAcceptor>,
+) -> (
+    watch::Sender<bool>,
+    tokio::task::JoinHandle<std::io::Result<()>>,
+) {
+    let (stop, mut stopped) = watch::channel(false);
+    let task = tokio::spawn(serve(listener, app, header_read_timeout, tls, async move {
+        let _ = stopped.wait_for(|s| *s).await;
+    }));
+    (stop, task)
+}
+
 /// Serve `app` on `listener` (over TLS when `tls` is set) until `shutdown` resolves, then
 /// wait for open connections to finish (each is told to close once its in-flight request is
 /// done). A TLS handshake must also complete within `header_read_timeout`.

@@ -156,19 +156,10 @@ impl AdminServer {
             allowlist: cfg.allowlist.clone(),
         };
         let app = router(state, keys);
-        let (stop, mut stopped) = watch::channel(false);
         let header_timeout =
             Duration::from_millis(crate::listener::default_header_read_timeout_ms());
         let https = tls.is_some();
-        let task = tokio::spawn(crate::listener::serve(
-            listener,
-            app,
-            header_timeout,
-            tls,
-            async move {
-                let _ = stopped.wait_for(|s| *s).await;
-            },
-        ));
+        let (stop, task) = crate::listener::spawn(listener, app, header_timeout, tls);
         tracing::info!(%addr, https, "admin API listening");
         Ok(Self { addr, stop, task })
     }
