@@ -55,6 +55,31 @@ fn text_tokens(v: Option<&Value>) -> u64 {
     }
 }
 
+/// What every endpoint here does first: count the request, parse the JSON object body, read
+/// its model and answer an injected error if one is asked for.
+fn accept(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<(Value, String), Box<Response>> {
+    state.stats.add_request();
+    let Some(req) = parse(body) else {
+        return Err(Box::new(error(
+            StatusCode::BAD_REQUEST,
+            "invalid JSON body",
+        )));
+    };
+    let model = req
+        .get("model")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    match injected_status(headers, &model) {
+        Some(status) => Err(Box::new(error(status, "mock injected error"))),
+        None => Ok((req, model)),
+    }
+}
+
 fn parse(body: &Bytes) -> Option<Value> {
     match serde_json::from_slice::<Value>(body) {
         Ok(v @ Value::Object(_)) => Some(v),
@@ -68,18 +93,10 @@ pub(crate) async fn completions(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    state.stats.add_request();
-    let Some(req) = parse(&body) else {
-        return error(StatusCode::BAD_REQUEST, "invalid JSON body");
+    let (req, model) = match accept(&state, &headers, &body) {
+        Ok(r) => r,
+        Err(resp) => return *resp,
     };
-    let model = req
-        .get("model")
-        .and_then(Value::as_str)
-        .unwrap_or("")
-        .to_string();
-    if let Some(status) = injected_status(&headers, &model) {
-        return error(status, "mock injected error");
-    }
     if req.get("prompt").is_none() {
         return error(StatusCode::BAD_REQUEST, "missing prompt");
     }
@@ -169,18 +186,10 @@ pub(crate) async fn embeddings(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    state.stats.add_request();
-    let Some(req) = parse(&body) else {
-        return error(StatusCode::BAD_REQUEST, "invalid JSON body");
+    let (req, model) = match accept(&state, &headers, &body) {
+        Ok(r) => r,
+        Err(resp) => return *resp,
     };
-    let model = req
-        .get("model")
-        .and_then(Value::as_str)
-        .unwrap_or("")
-        .to_string();
-    if let Some(status) = injected_status(&headers, &model) {
-        return error(status, "mock injected error");
-    }
     let inputs: Vec<&Value> = match req.get("input") {
         Some(Value::Array(items)) if items.iter().all(|i| !i.is_number()) => items.iter().collect(),
         Some(v @ (Value::String(_) | Value::Array(_))) => vec![v],
