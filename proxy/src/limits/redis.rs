@@ -170,6 +170,33 @@ impl RedisLimiter {
             .unwrap_or(Err(StoreFailure::Timeout(self.timeout)))
     }
 
+    /// Script calls for `items`: one call carrying all of them on a single server, one per item
+    /// on a cluster (an item's keys share a slot; different items usually do not). `call`
+    /// starts a call with its shared arguments, `add` appends one item's keys and arguments.
+    fn calls<T>(
+        &self,
+        items: &[T],
+        call: impl Fn() -> ScriptInvocation<'static>,
+        add: impl Fn(&mut ScriptInvocation<'static>, &T),
+    ) -> Vec<ScriptInvocation<'static>> {
+        if self.conn.is_cluster() {
+            items
+                .iter()
+                .map(|item| {
+                    let mut inv = call();
+                    add(&mut inv, item);
+                    inv
+                })
+                .collect()
+        } else {
+            let mut inv = call();
+            for item in items {
+                add(&mut inv, item);
+            }
+            vec![inv]
+        }
+    }
+
     /// Run script calls: one pipeline on a single server (loading the scripts once if Redis
     /// lost them), concurrent single-slot calls on a cluster. One reply per invocation.
     async fn run(
@@ -224,7 +251,7 @@ impl RedisLimiter {
                 .arg(DAY.buckets);
             inv
         };
-        let add = |inv: &mut ScriptInvocation<'_>, t: &Target, k: &LimitKeys| {
+        let add = |inv: &mut ScriptInvocation<'static>, (t, k): &(&Target, &LimitKeys)| {
             let l = &t.limit;
             inv.key(&k.minute).key(&k.day).key(&k.leases);
             for v in [l.rpm, l.rpd, l.tpm, l.tpd, l.concurrency] {
@@ -232,24 +259,8 @@ impl RedisLimiter {
             }
             inv.arg(t.reserve);
         };
-        // One call for all entities on a single server; one per entity (slot) on a cluster.
-        let invocations: Vec<_> = if self.conn.is_cluster() {
-            targets
-                .iter()
-                .zip(&keys)
-                .map(|(t, k)| {
-                    let mut inv = call();
-                    add(&mut inv, t, k);
-                    inv
-                })
-                .collect()
-        } else {
-            let mut inv = call();
-            for (t, k) in targets.iter().zip(&keys) {
-                add(&mut inv, t, k);
-            }
-            vec![inv]
-        };
+        let items: Vec<(&Target, &LimitKeys)> = targets.iter().zip(&keys).collect();
+        let invocations = self.calls(&items, call, add);
         let replies = self.bounded(self.run(&invocations)).await?;
         let mut values: Vec<i64> = Vec::with_capacity(targets.len() * ROW);
         for r in &replies {
@@ -322,7 +333,7 @@ impl RedisLimiter {
                 .arg(DAY.buckets);
             inv
         };
-        let add = |inv: &mut ScriptInvocation<'_>,
+        let add = |inv: &mut ScriptInvocation<'static>,
                    (a, lease_id, k): &(&Adjust, &str, LimitKeys)| {
             let t = &a.target;
             let bucket = |used: bool, b: i64| if used { b.to_string() } else { String::new() };
@@ -335,22 +346,7 @@ impl RedisLimiter {
                 .arg(a.tokens)
                 .arg(*lease_id);
         };
-        let invocations: Vec<_> = if self.conn.is_cluster() {
-            rows.iter()
-                .map(|r| {
-                    let mut inv = call();
-                    add(&mut inv, r);
-                    inv
-                })
-                .collect()
-        } else {
-            let mut inv = call();
-            for r in &rows {
-                add(&mut inv, r);
-            }
-            vec![inv]
-        };
-        self.run(&invocations).await.map(drop)
+        self.run(&self.calls(&rows, call, add)).await.map(drop)
     }
 
     /// Extend every lease this process holds (one round trip).
