@@ -5,20 +5,24 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use hyper::body::Incoming;
+
 use bytes::Bytes;
 use serde_json::Value;
 
 use super::error::ApiError;
 use super::translate;
 use super::AppState;
-use crate::providers::{self, openai, Endpoint, Route};
+use crate::providers::{self, Endpoint, Route};
 use crate::routing::{attempt_order, Deployment, Model};
 
 /// The upstream response that will be relayed.
 #[derive(Debug)]
 pub struct Forwarded {
     /// The response (success, or the last failure when every attempt failed with a status).
-    pub response: reqwest::Response,
+    pub response: http::Response<Incoming>,
+    /// When the attempt that answered must have finished, body included (`timeouts.total_ms`).
+    pub deadline: tokio::time::Instant,
     /// Deployment that answered.
     pub deployment: Arc<Deployment>,
     /// Wire route used.
@@ -46,7 +50,7 @@ pub struct Call<'a> {
     pub anthropic_version: Option<&'a str>,
 }
 
-fn retryable_status(status: reqwest::StatusCode) -> bool {
+fn retryable_status(status: http::StatusCode) -> bool {
     status.as_u16() == 429 || status.is_server_error()
 }
 
@@ -84,9 +88,7 @@ pub async fn forward(
     }
     let max = model.retry.max_attempts.max(1) as usize;
     let timeouts = model.timeouts;
-    let client = st
-        .client(timeouts.connect_ms)
-        .map_err(|e| (openai::classify(e), 0))?;
+    let client = st.client(timeouts.connect_ms).map_err(|e| (e, 0))?;
     for i in 0..max {
         let (deployment, route) = &routable[i % routable.len()];
         if i > 0 {
@@ -98,7 +100,6 @@ pub async fn forward(
         let body: Bytes =
             translate::request_body(*route, call, deployment).map_err(|e| (e, attempts))?;
         let req = providers::upstream_request(
-            &client,
             deployment,
             call.endpoint,
             *route,
@@ -106,17 +107,18 @@ pub async fn forward(
             call.request_id,
             call.anthropic_version,
         )
-        .map_err(|e| (e, attempts))?
-        .timeout(Duration::from_millis(timeouts.total_ms));
+        .map_err(|e| (e, attempts))?;
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(timeouts.total_ms);
+        let first_byte = Duration::from_millis(timeouts.first_byte_ms.min(timeouts.total_ms));
         let last = i + 1 == max;
-        match tokio::time::timeout(Duration::from_millis(timeouts.first_byte_ms), req.send()).await
-        {
+        match tokio::time::timeout(first_byte, client.send(req)).await {
             Ok(Ok(resp)) if retryable_status(resp.status()) => {
                 st.health.failure(deployment, &model.retry);
                 tracing::warn!(deployment = %deployment.key, status = resp.status().as_u16(), attempt = attempts, "upstream failed");
                 if last {
                     return Ok(Forwarded {
                         response: resp,
+                        deadline,
                         deployment: deployment.clone(),
                         route: *route,
                         attempts,
@@ -130,6 +132,7 @@ pub async fn forward(
                 }
                 return Ok(Forwarded {
                     response: resp,
+                    deadline,
                     deployment: deployment.clone(),
                     route: *route,
                     attempts,
@@ -139,7 +142,7 @@ pub async fn forward(
             Ok(Err(e)) => {
                 st.health.failure(deployment, &model.retry);
                 tracing::warn!(deployment = %deployment.key, error = %e, attempt = attempts, "upstream unreachable");
-                last_error = Some(openai::classify(e));
+                last_error = Some(e);
             }
             Err(_) => {
                 st.health.failure(deployment, &model.retry);

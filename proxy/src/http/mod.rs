@@ -30,7 +30,7 @@ pub struct AppState {
     /// Deployment health.
     pub health: Arc<Health>,
     /// Upstream HTTP clients by connect timeout (pooled).
-    pub clients: Arc<Mutex<HashMap<u64, reqwest::Client>>>,
+    pub clients: Arc<Mutex<HashMap<u64, crate::providers::client::Upstream>>>,
     /// Usage event sink.
     pub usage: UsageSink,
     /// This process's id in usage events.
@@ -47,12 +47,16 @@ pub struct AppState {
 
 impl AppState {
     /// The pooled client for a connect timeout.
-    pub fn client(&self, connect_ms: u64) -> reqwest::Result<reqwest::Client> {
+    pub fn client(
+        &self,
+        connect_ms: u64,
+    ) -> Result<crate::providers::client::Upstream, error::ApiError> {
         let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(c) = clients.get(&connect_ms) {
             return Ok(c.clone());
         }
-        let c = crate::providers::openai::client(Duration::from_millis(connect_ms))?;
+        let c = crate::providers::client::Upstream::new(Duration::from_millis(connect_ms))
+            .map_err(|e| error::ApiError::UpstreamUnavailable(format!("TLS setup failed: {e}")))?;
         clients.insert(connect_ms, c.clone());
         Ok(c)
     }

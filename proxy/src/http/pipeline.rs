@@ -17,6 +17,7 @@ use super::forward::{forward, Call};
 use super::stream::{MeteredSse, RelayOptions};
 use super::{request_id, translate, AppState};
 use crate::limits::Ask;
+use crate::providers::client::BodyStream;
 use crate::providers::{tokens, Endpoint};
 use crate::routing::{ApiKey, Catalog};
 use crate::usage::{Meter, Outcome};
@@ -280,8 +281,9 @@ async fn serve(
             ));
         };
         let stages = translate::stream_stages(fwd.route, &call, &fwd.deployment, &model.name);
+        let body = BodyStream::new(fwd.response.into_body(), fwd.deadline);
         let relay = MeteredSse::new(
-            fwd.response.bytes_stream(),
+            body,
             m,
             RelayOptions {
                 format: stages.format,
@@ -305,11 +307,9 @@ async fn serve(
         return Ok(resp);
     }
 
-    let bytes = fwd
-        .response
-        .bytes()
-        .await
-        .map_err(crate::providers::openai::classify)?;
+    let bytes = BodyStream::new(fwd.response.into_body(), fwd.deadline)
+        .collect()
+        .await?;
     let upstream_latency_us = meter
         .as_ref()
         .map_or(0, |m| m.started().elapsed().as_micros() as i64);

@@ -246,7 +246,7 @@ pub struct Translated {
 pub fn response_body(
     route: Route,
     call: &Call<'_>,
-    status: reqwest::StatusCode,
+    status: http::StatusCode,
     bytes: &Bytes,
     public: &str,
 ) -> Translated {

@@ -6,6 +6,7 @@
 //! HTTP request for one deployment.
 
 pub mod anthropic;
+pub mod client;
 pub mod openai;
 pub mod tokens;
 
@@ -79,14 +80,13 @@ pub const ANTHROPIC_VERSION: &str = "2023-06-01";
 
 /// Build the upstream request for `deployment`. `body` is already in the upstream's format.
 pub fn upstream_request(
-    client: &reqwest::Client,
     deployment: &Deployment,
     endpoint: Endpoint,
     route: Route,
     body: Bytes,
     request_id: &str,
     anthropic_version: Option<&str>,
-) -> Result<reqwest::RequestBuilder, ApiError> {
+) -> Result<http::Request<client::RequestBody>, ApiError> {
     let wire = match route {
         Route::Passthrough => endpoint,
         Route::ChatToAnthropic => Endpoint::Messages,
@@ -98,36 +98,44 @@ pub fn upstream_request(
         Endpoint::Embeddings => "embeddings",
         Endpoint::Messages => "messages",
     };
+    let bad = |what: &str| ApiError::UpstreamUnavailable(format!("invalid upstream {what}"));
     let base = &deployment.base_url;
-    let mut req = match deployment.provider {
-        Provider::Openai => client.post(format!("{base}/{path}")),
-        Provider::Azure => client
-            .post(format!(
+    let url = match deployment.provider {
+        Provider::Openai => format!("{base}/{path}"),
+        Provider::Azure => {
+            let mut url = reqwest::Url::parse(&format!(
                 "{base}/openai/deployments/{}/{path}",
                 deployment.upstream_model
             ))
-            .query(&[("api-version", deployment.api_version.as_str())]),
-        Provider::Anthropic => {
-            // Anthropic's base URL is the host; the version prefix is part of the path.
-            let base = base.trim_end_matches("/v1");
-            client.post(format!("{base}/v1/{path}")).header(
-                "anthropic-version",
-                anthropic_version.unwrap_or(ANTHROPIC_VERSION),
-            )
+            .map_err(|_| bad("URL"))?;
+            url.query_pairs_mut()
+                .append_pair("api-version", &deployment.api_version);
+            url.to_string()
         }
+        // Anthropic's base URL is the host; the version prefix is part of the path.
+        Provider::Anthropic => format!("{}/v1/{path}", base.trim_end_matches("/v1")),
     };
-    req = req
+    let mut req = http::Request::post(url)
         .header(http::header::CONTENT_TYPE, "application/json")
-        .header("x-request-id", request_id)
-        .body(body);
-    if let Some(key) = &deployment.api_key {
-        req = match deployment.provider {
-            Provider::Openai => req.bearer_auth(key),
-            Provider::Azure => req.header("api-key", key),
-            Provider::Anthropic => req.header("x-api-key", key),
-        };
+        .header("x-request-id", request_id);
+    if deployment.provider == Provider::Anthropic {
+        req = req.header(
+            "anthropic-version",
+            anthropic_version.unwrap_or(ANTHROPIC_VERSION),
+        );
     }
-    Ok(req)
+    if let Some(key) = &deployment.api_key {
+        let (name, value) = match deployment.provider {
+            Provider::Openai => (http::header::AUTHORIZATION, format!("Bearer {key}")),
+            Provider::Azure => (http::HeaderName::from_static("api-key"), key.clone()),
+            Provider::Anthropic => (http::HeaderName::from_static("x-api-key"), key.clone()),
+        };
+        let mut value = http::HeaderValue::try_from(value).map_err(|_| bad("API key"))?;
+        value.set_sensitive(true);
+        req = req.header(name, value);
+    }
+    req.body(client::RequestBody::new(body))
+        .map_err(|_| bad("URL or header"))
 }
 
 #[cfg(test)]

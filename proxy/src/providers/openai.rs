@@ -1,10 +1,7 @@
-//! OpenAI-compatible wire format: usage parsing, transport errors, the pooled client.
-
-use std::time::Duration;
+//! OpenAI-compatible wire format: usage parsing.
 
 use serde::Deserialize;
 
-use crate::http::error::ApiError;
 use crate::usage::Tokens;
 
 /// `usage` as OpenAI reports it.
@@ -57,39 +54,6 @@ pub fn response_usage(body: &[u8]) -> Option<Tokens> {
         .ok()
         .and_then(|p| p.usage)
         .map(|u| u.tokens())
-}
-
-/// Map a transport error to the API error a client sees.
-pub fn classify(e: reqwest::Error) -> ApiError {
-    if e.is_timeout() {
-        ApiError::UpstreamTimeout
-    } else {
-        ApiError::UpstreamUnavailable(without_url(&e))
-    }
-}
-
-fn without_url(e: &reqwest::Error) -> String {
-    // The URL may carry credentials in unusual setups; never echo it.
-    let kind = if e.is_connect() {
-        "connection failed"
-    } else if e.is_body() || e.is_decode() {
-        "response body broken"
-    } else if e.is_request() {
-        "request failed"
-    } else {
-        "transport error"
-    };
-    kind.to_string()
-}
-
-/// Upstream client with connection pooling (one per connect timeout in use).
-pub fn client(connect_timeout: Duration) -> reqwest::Result<reqwest::Client> {
-    reqwest::Client::builder()
-        .connect_timeout(connect_timeout)
-        .pool_idle_timeout(Duration::from_secs(90))
-        .pool_max_idle_per_host(1024)
-        .tcp_nodelay(true)
-        .build()
 }
 
 #[cfg(test)]
