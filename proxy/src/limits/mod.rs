@@ -15,6 +15,7 @@ pub mod lease;
 pub mod local;
 pub mod permit;
 pub mod redis;
+pub mod settle;
 pub mod window;
 
 use std::sync::{Arc, Mutex};

@@ -1,7 +1,8 @@
 //! Redis backend: one `EVALSHA` of `acquire.lua` checks all of a request's entities in one round
-//! trip. Settlements and refunds go to a background batcher: whatever finished while the
-//! previous batch was in flight is corrected by one `settle.lua` call, so a busy proxy spends
-//! a fraction of a script call per request on them (and an idle one sends each at once).
+//! trip. Settlements and refunds go to a background batcher: what finishes within a few
+//! milliseconds (and while the previous batch was in flight) is merged per entity and bucket
+//! and corrected by one `settle.lua` call, so a busy proxy spends a small fraction of a script
+//! call per request on them.
 //! Scripts take the time from Redis (`TIME`), so proxies' clocks do not matter.
 //!
 //! On a Redis Cluster each entity's keys share a hash tag (one slot), but a request's entities
@@ -23,6 +24,7 @@ use super::decision::{Checked, Metric, Target};
 use super::headers::Usage;
 use super::lease::Leases;
 use super::local::{now_ms, Adjust};
+use super::settle::{coalesce, Correction, Settle};
 use super::window::{DAY, MINUTE};
 
 static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
@@ -50,17 +52,15 @@ const BREAKER_MS: i64 = 1_000;
 const RENEW_CHUNK: usize = 500;
 /// Most finished requests corrected by one settle call.
 const SETTLE_BATCH: usize = 128;
+/// How long the batcher keeps collecting after the first correction of a batch: corrections
+/// of one entity and bucket merge into one, so a busy proxy sends few, larger settle calls.
+/// Tokens and leases are corrected at most this much later.
+const SETTLE_LINGER: Duration = Duration::from_millis(5);
 /// Corrections waiting for the batcher; beyond this they are dropped and counted as failed
 /// settlements (`op="settle"`), like a settle call that failed.
 const SETTLE_QUEUE: usize = 16_384;
 /// Values per entity in an acquire reply.
 const ROW: usize = 12;
-
-/// One request's corrections, waiting for the batcher.
-struct Settle {
-    adjustments: Vec<Adjust>,
-    lease: Option<Arc<str>>,
-}
 
 /// A failed call to Redis.
 #[derive(Debug, thiserror::Error)]
@@ -307,19 +307,14 @@ impl RedisLimiter {
         }
     }
 
-    /// Correct every request of `batch`: one call on a single server, one per correction on
-    /// a cluster.
+    /// Correct every request of `batch`, merged per entity and bucket ([`coalesce`]): one
+    /// call on a single server, one per correction on a cluster.
     async fn apply_now(&self, batch: &[Settle]) -> Result<(), StoreFailure> {
-        let rows: Vec<(&Adjust, &str, LimitKeys)> = batch
-            .iter()
-            .flat_map(|s| {
-                s.adjustments.iter().map(move |a| {
-                    let lease_id = match (a.release && a.target.leases(), &s.lease) {
-                        (true, Some(id)) => &**id,
-                        _ => "",
-                    };
-                    (a, lease_id, self.keys(&a.target))
-                })
+        let rows: Vec<(Correction<'_>, LimitKeys)> = coalesce(batch)
+            .into_iter()
+            .map(|c| {
+                let keys = self.keys(c.target);
+                (c, keys)
             })
             .collect();
         if rows.is_empty() {
@@ -333,18 +328,15 @@ impl RedisLimiter {
                 .arg(DAY.buckets);
             inv
         };
-        let add = |inv: &mut ScriptInvocation<'static>,
-                   (a, lease_id, k): &(&Adjust, &str, LimitKeys)| {
-            let t = &a.target;
-            let bucket = |used: bool, b: i64| if used { b.to_string() } else { String::new() };
+        let add = |inv: &mut ScriptInvocation<'static>, (c, k): &(Correction<'_>, LimitKeys)| {
             inv.key(&k.minute)
                 .key(&k.day)
                 .key(&k.leases)
-                .arg(bucket(t.uses_minute(), a.minute_bucket))
-                .arg(bucket(t.uses_day(), a.day_bucket))
-                .arg(a.requests)
-                .arg(a.tokens)
-                .arg(*lease_id);
+                .arg(&c.minute)
+                .arg(&c.day)
+                .arg(c.requests)
+                .arg(c.tokens)
+                .arg(&c.leases);
         };
         self.run(&self.calls(&rows, call, add)).await.map(drop)
     }
@@ -370,11 +362,20 @@ impl RedisLimiter {
     }
 }
 
-/// The settle batcher: takes whatever corrections are waiting (up to [`SETTLE_BATCH`]
-/// requests), sends them in one call, and repeats; ends when the limiter is dropped.
+/// The settle batcher: waits for a correction, keeps collecting for [`SETTLE_LINGER`] (up to
+/// [`SETTLE_BATCH`] requests), sends them in one call, and repeats; ends when the limiter is
+/// dropped.
 async fn settle_loop(limiter: Weak<RedisLimiter>, mut rx: mpsc::Receiver<Settle>) {
     let mut batch = Vec::with_capacity(SETTLE_BATCH);
     while rx.recv_many(&mut batch, SETTLE_BATCH).await > 0 {
+        let until = tokio::time::Instant::now() + SETTLE_LINGER;
+        while batch.len() < SETTLE_BATCH {
+            let room = SETTLE_BATCH - batch.len();
+            match tokio::time::timeout_at(until, rx.recv_many(&mut batch, room)).await {
+                Ok(n) if n > 0 => {}
+                _ => break,
+            }
+        }
         let Some(me) = limiter.upgrade() else { return };
         if let Err(e) = me.bounded(me.apply_now(&batch)).await {
             metrics::counter!(tollgate_schemas::telemetry::RATELIMIT_BACKEND_ERRORS, "op" => "settle")
