@@ -175,9 +175,42 @@ pub struct KafkaConfig {
     /// spend) by this much, never a request.
     #[serde(default = "defaults::linger_ms")]
     pub linger_ms: u64,
+    /// Compression of produced batches (`compression.type`).
+    #[serde(default)]
+    pub compression: Compression,
     /// Disk spool used while the broker is slow or down.
     #[serde(default)]
     pub spool: crate::usage::spool::SpoolConfig,
+}
+
+/// Kafka batch compression codec.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    /// No compression: least CPU on the proxy and the brokers, most bytes on the wire.
+    None,
+    /// gzip.
+    Gzip,
+    /// snappy.
+    Snappy,
+    /// lz4 (default: cheap, and usage events compress well).
+    #[default]
+    Lz4,
+    /// zstd.
+    Zstd,
+}
+
+impl Compression {
+    /// The librdkafka `compression.type` value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Gzip => "gzip",
+            Self::Snappy => "snappy",
+            Self::Lz4 => "lz4",
+            Self::Zstd => "zstd",
+        }
+    }
 }
 
 mod defaults {
@@ -504,6 +537,24 @@ kafka:
             .unwrap_err()
             .to_string();
         assert!(err.contains("kafka.brokers"), "{err}");
+    }
+
+    #[test]
+    fn kafka_compression_defaults_to_lz4_and_names_bad_codecs() {
+        let cfg = ProxyConfig::from_yaml(BASE, "t").unwrap();
+        assert_eq!(cfg.kafka.compression.as_str(), "lz4");
+        let none = BASE.replace(
+            "brokers: 127.0.0.1:9092",
+            "brokers: b:9092\n  compression: none",
+        );
+        let cfg = ProxyConfig::from_yaml(&none, "t").unwrap();
+        assert_eq!(cfg.kafka.compression, Compression::None);
+        let bad = BASE.replace(
+            "brokers: 127.0.0.1:9092",
+            "brokers: b:9092\n  compression: brotli",
+        );
+        let err = ProxyConfig::from_yaml(&bad, "t").unwrap_err().to_string();
+        assert!(err.contains("kafka.compression"), "{err}");
     }
 
     #[test]

@@ -325,7 +325,7 @@ fn producer_config(cfg: &KafkaConfig) -> ClientConfig {
     };
     client
         .set("bootstrap.servers", &cfg.brokers)
-        .set("compression.type", "lz4")
+        .set("compression.type", cfg.compression.as_str())
         .set("linger.ms", cfg.linger_ms.to_string())
         .set("message.timeout.ms", timeout)
         .set("queue.buffering.max.messages", "100000")

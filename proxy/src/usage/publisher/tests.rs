@@ -23,6 +23,7 @@ fn kafka_cfg(dir: &Path) -> KafkaConfig {
         queue_capacity: 1000,
         idempotence: true,
         linger_ms: 5,
+        compression: crate::config::Compression::Lz4,
         spool: spool_cfg(dir, 1 << 20),
     }
 }
