@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::Stream;
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use hyper::body::{Body, Incoming};
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -123,27 +123,13 @@ impl BodyStream {
     }
 
     /// Read the whole body (up to the deadline).
-    pub async fn collect(mut self) -> Result<Bytes, BodyError> {
-        use futures::StreamExt;
-        let mut first: Option<Bytes> = None;
-        let mut rest: Vec<u8> = Vec::new();
-        while let Some(chunk) = self.next().await {
-            let chunk = chunk?;
-            match &first {
-                None => first = Some(chunk),
-                Some(f) => {
-                    if rest.is_empty() {
-                        rest.extend_from_slice(f);
-                    }
-                    rest.extend_from_slice(&chunk);
-                }
-            }
+    pub async fn collect(self) -> Result<Bytes, BodyError> {
+        let deadline = self.deadline.deadline();
+        match tokio::time::timeout_at(deadline, BodyExt::collect(self.body)).await {
+            Ok(Ok(body)) => Ok(body.to_bytes()),
+            Ok(Err(e)) => Err(BodyError::Broken(e)),
+            Err(_) => Err(BodyError::Timeout),
         }
-        Ok(if rest.is_empty() {
-            first.unwrap_or_default()
-        } else {
-            Bytes::from(rest)
-        })
     }
 }
 
