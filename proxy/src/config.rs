@@ -92,6 +92,14 @@ pub struct ProxyConfig {
     /// A client must send its request headers within this time or is disconnected (slowloris).
     #[serde(default = "crate::listener::default_header_read_timeout_ms")]
     pub header_read_timeout_ms: u64,
+    /// Streams the proxy opens on one HTTP/2 upstream connection before it opens another; keep
+    /// it at or below the providers' `SETTINGS_MAX_CONCURRENT_STREAMS`.
+    #[serde(default = "default_upstream_http2_max_streams")]
+    pub upstream_http2_max_streams: usize,
+}
+
+fn default_upstream_http2_max_streams() -> usize {
+    crate::providers::pool::DEFAULT_MAX_STREAMS
 }
 
 /// A secret string that never prints (serialized only into the config store).
@@ -370,6 +378,12 @@ impl ProxyConfig {
                 "at least one model is required without a redis store",
             ));
         }
+        if self.upstream_http2_max_streams == 0 {
+            return Err(invalid(
+                "upstream_http2_max_streams",
+                "must be at least 1 (default 100)",
+            ));
+        }
         let allow = crate::allowlist::Allowlist::parse(&self.upstream_allowlist)
             .map_err(|e| invalid("upstream_allowlist", e.to_string()))?;
         let mut names = HashSet::new();
@@ -555,6 +569,27 @@ kafka:
         );
         let err = ProxyConfig::from_yaml(&bad, "t").unwrap_err().to_string();
         assert!(err.contains("kafka.compression"), "{err}");
+    }
+
+    #[test]
+    fn upstream_http2_settings_default_and_validate() {
+        let cfg = ProxyConfig::from_yaml(BASE, "t").unwrap();
+        assert_eq!(cfg.upstream_http2_max_streams, 100);
+        let zero = format!("{BASE}upstream_http2_max_streams: 0\n");
+        let err = ProxyConfig::from_yaml(&zero, "t")
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("upstream_http2_max_streams"), "{err}");
+        let h2c = BASE.replace(
+            "    base_url: http://127.0.0.1:8090/v1\n",
+            "    deployments: [{base_url: \"http://127.0.0.1:8090/v1\", http2_prior_knowledge: true}]\n",
+        );
+        let mut cfg = ProxyConfig::from_yaml(&h2c, "t").unwrap();
+        cfg.validate().unwrap();
+        cfg.models[0].normalize();
+        assert!(cfg.models[0].deployments[0].http2_prior_knowledge);
     }
 
     #[test]

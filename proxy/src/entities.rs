@@ -106,6 +106,14 @@ pub struct Deployment {
     /// Tier: lower is preferred; higher tiers are used only when lower ones fail or cool down.
     #[serde(default)]
     pub priority: u32,
+    /// Speak HTTP/2 to an `http://` base URL without negotiation (h2c, as gRPC-style and
+    /// in-cluster upstreams expect). Over `https://` ALPN chooses HTTP/2 when offered anyway.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub http2_prior_knowledge: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 fn one() -> u32 {
@@ -365,6 +373,7 @@ impl Model {
                     api_version: None,
                     weight: 1,
                     priority: 0,
+                    http2_prior_knowledge: false,
                 },
             );
         }

@@ -32,6 +32,8 @@ pub struct Deployment {
     pub weight: u32,
     /// Tier (lower first).
     pub priority: u32,
+    /// HTTP/2 with prior knowledge (h2c).
+    pub http2_prior_knowledge: bool,
 }
 
 /// A servable model.
@@ -154,6 +156,7 @@ impl Catalog {
                                 .unwrap_or_else(|| AZURE_DEFAULT_API_VERSION.into()),
                             weight: d.weight,
                             priority: d.priority,
+                            http2_prior_knowledge: d.http2_prior_knowledge,
                         })
                     })
                     .collect();

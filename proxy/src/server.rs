@@ -1,8 +1,7 @@
 //! Wiring: bind, serve, and shut down in phases (stop accepting, finish streams, flush events).
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -100,7 +99,9 @@ pub async fn start(cfg: ProxyConfig) -> Result<ProxyHandle, StartError> {
     let state = AppState {
         catalog: control.catalog(),
         health: Arc::new(Health::default()),
-        clients: Arc::new(Mutex::new(HashMap::new())),
+        clients: Arc::new(crate::providers::client::Clients::new(
+            cfg.upstream_http2_max_streams,
+        )),
         usage: sink,
         proxy_id: proxy_id.clone().into(),
         max_body_bytes: cfg.max_body_bytes,

@@ -5,14 +5,13 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hyper::body::Incoming;
-
 use bytes::Bytes;
 use serde_json::Value;
 
 use super::error::ApiError;
 use super::translate;
 use super::AppState;
+use crate::providers::client::UpstreamBody;
 use crate::providers::{self, Endpoint, Route};
 use crate::routing::{attempt_order, Deployment, Model};
 
@@ -20,7 +19,7 @@ use crate::routing::{attempt_order, Deployment, Model};
 #[derive(Debug)]
 pub struct Forwarded {
     /// The response (success, or the last failure when every attempt failed with a status).
-    pub response: http::Response<Incoming>,
+    pub response: http::Response<UpstreamBody>,
     /// When the attempt that answered must have finished, body included (`timeouts.total_ms`).
     pub deadline: tokio::time::Instant,
     /// Deployment that answered.
@@ -88,7 +87,7 @@ pub async fn forward(
     }
     let max = model.retry.max_attempts.max(1) as usize;
     let timeouts = model.timeouts;
-    let client = st.client(timeouts.connect_ms).map_err(|e| (e, 0))?;
+    let client = st.clients.get(timeouts.connect_ms).map_err(|e| (e, 0))?;
     for i in 0..max {
         let (deployment, route) = &routable[i % routable.len()];
         if i > 0 {
@@ -111,7 +110,12 @@ pub async fn forward(
         let deadline = tokio::time::Instant::now() + Duration::from_millis(timeouts.total_ms);
         let first_byte = Duration::from_millis(timeouts.first_byte_ms.min(timeouts.total_ms));
         let last = i + 1 == max;
-        match tokio::time::timeout(first_byte, client.send(req)).await {
+        match tokio::time::timeout(
+            first_byte,
+            client.send(req, deployment.http2_prior_knowledge),
+        )
+        .await
+        {
             Ok(Ok(resp)) if retryable_status(resp.status()) => {
                 st.health.failure(deployment, &model.retry);
                 tracing::warn!(deployment = %deployment.key, status = resp.status().as_u16(), attempt = attempts, "upstream failed");

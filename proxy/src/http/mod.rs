@@ -9,9 +9,7 @@ pub mod sse;
 pub mod stream;
 pub mod translate;
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::Arc;
 
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderMap, HeaderValue};
@@ -29,8 +27,8 @@ pub struct AppState {
     pub catalog: watch::Receiver<Arc<Catalog>>,
     /// Deployment health.
     pub health: Arc<Health>,
-    /// Upstream HTTP clients by connect timeout (pooled).
-    pub clients: Arc<Mutex<HashMap<u64, crate::providers::client::Upstream>>>,
+    /// Upstream HTTP clients (pooled).
+    pub clients: Arc<crate::providers::client::Clients>,
     /// Usage event sink.
     pub usage: UsageSink,
     /// This process's id in usage events.
@@ -43,23 +41,6 @@ pub struct AppState {
     pub limits: crate::limits::Limiter,
     /// Budget and credit decisions.
     pub budgets: crate::budget::BudgetGate,
-}
-
-impl AppState {
-    /// The pooled client for a connect timeout.
-    pub fn client(
-        &self,
-        connect_ms: u64,
-    ) -> Result<crate::providers::client::Upstream, error::ApiError> {
-        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(c) = clients.get(&connect_ms) {
-            return Ok(c.clone());
-        }
-        let c = crate::providers::client::Upstream::new(Duration::from_millis(connect_ms))
-            .map_err(|e| error::ApiError::UpstreamUnavailable(format!("TLS setup failed: {e}")))?;
-        clients.insert(connect_ms, c.clone());
-        Ok(c)
-    }
 }
 
 /// Build the public API router.

@@ -4,7 +4,8 @@
 //! events → inspect (TTFT, usage, text) → drop the usage chunk the proxy asked for on its own,
 //! rewrite the model name → optional `post` translation (into the client's format) → client.
 //! The request's [`Meter`] is finished when the stream ends, fails, or is dropped because the
-//! client went away; without reported usage the tokens are estimated with the tokenizer.
+//! client went away; without reported usage the tokens are estimated with the tokenizer, once,
+//! at that point (never per chunk: the tokenizer costs tens of MB and O(text) per call).
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -171,10 +172,6 @@ impl<S> MeteredSse<S> {
                 None => out.extend_from_slice(&event),
             }
         }
-        let progress = self.outcome(200, None);
-        if let Some(m) = self.meter.as_mut() {
-            m.progress(progress);
-        }
         match self.opts.post.as_mut() {
             Some(post) => post.push(&out),
             None => out.to_vec(),
@@ -200,6 +197,16 @@ impl<S> MeteredSse<S> {
         let outcome = self.outcome(status, error_type);
         if let Some(m) = self.meter.take() {
             m.finish(outcome);
+        }
+    }
+}
+
+/// The client went away mid-stream: meter what was delivered (status 499). Tokens are
+/// counted here, once, and only when the upstream reported no usage before the cut.
+impl<S> Drop for MeteredSse<S> {
+    fn drop(&mut self) {
+        if self.meter.is_some() {
+            self.finish(499, Some(crate::usage::CLIENT_DISCONNECTED));
         }
     }
 }

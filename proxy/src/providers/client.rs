@@ -1,5 +1,8 @@
 //! The upstream HTTP client: hyper-util's pooled client over rustls (HTTP/1.1, or HTTP/2 when
-//! the upstream offers it by ALPN), Mozilla's roots, the ring provider.
+//! the upstream offers it by ALPN, or HTTP/2 with prior knowledge for deployments that set
+//! `http2_prior_knowledge`), Mozilla's roots, the ring provider. Requests are spread over
+//! shards of pools ([`super::pool`]) so that no HTTP/2 connection carries more streams than
+//! the provider allows.
 //!
 //! Used directly rather than through reqwest so that each upstream connection's HTTP/1 read
 //! buffer has a fixed size ([`READ_BUF_BYTES`]): hyper's adaptive buffer otherwise grows up to
@@ -7,15 +10,17 @@
 //! connection. It also skips reqwest's per-request layers (URL parsing, boxed timeouts); the
 //! request's deadline is enforced here, body included ([`BodyStream`]).
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures::Stream;
 use http_body_util::{BodyExt, Full};
-use hyper::body::{Body, Incoming};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
@@ -23,6 +28,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::time::{Instant, Sleep};
 use tokio_rustls::rustls;
 
+use super::pool::{Origin, Shards, Slot};
 use crate::http::error::ApiError;
 
 /// Body of an upstream request (always complete before sending: the proxy parsed it).
@@ -32,43 +38,129 @@ pub type RequestBody = Full<Bytes>;
 /// upstream may send (providers send 1-3 KB).
 pub const READ_BUF_BYTES: usize = 8 * 1024;
 
-/// Pooled upstream client (cheap to clone: clones share the pool).
+type Pooled = Client<HttpsConnector<HttpConnector>, RequestBody>;
+
+/// Flow-control window of one HTTP/2 upstream stream: how much of a response the proxy buffers
+/// for a slow client before the provider has to wait (over HTTP/1 TCP's buffers bound this).
+pub const H2_STREAM_WINDOW_BYTES: u32 = 256 * 1024;
+
+/// Flow-control window of one HTTP/2 upstream connection (shared by its streams).
+pub const H2_CONN_WINDOW_BYTES: u32 = 2 * 1024 * 1024;
+
+/// Upstream client (cheap to clone: clones share the pools). Requests are spread over
+/// [`Shards`] so that no HTTP/2 connection carries more than `max_streams` at once.
 #[derive(Clone, Debug)]
 pub struct Upstream {
-    inner: Client<HttpsConnector<HttpConnector>, RequestBody>,
+    connector: HttpsConnector<HttpConnector>,
+    shards: Arc<Shards<Pooled>>,
 }
 
 impl Upstream {
-    /// A client whose connection attempts give up after `connect_timeout`.
-    pub fn new(connect_timeout: Duration) -> Result<Self, rustls::Error> {
+    /// A client whose connection attempts give up after `connect_timeout` and that opens at
+    /// most `max_streams` concurrent streams on one HTTP/2 connection.
+    pub fn new(connect_timeout: Duration, max_streams: usize) -> Result<Self, rustls::Error> {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);
         http.set_connect_timeout(Some(connect_timeout));
         http.set_keepalive(Some(Duration::from_secs(60)));
         let provider = rustls::crypto::ring::default_provider();
-        let https = HttpsConnectorBuilder::new()
+        let connector = HttpsConnectorBuilder::new()
             .with_provider_and_webpki_roots(provider)?
             .https_or_http()
             .enable_http1()
             .enable_http2()
             .wrap_connector(http);
-        let inner = Client::builder(TokioExecutor::new())
+        Ok(Self {
+            connector,
+            shards: Arc::new(Shards::new(max_streams)),
+        })
+    }
+
+    /// The pooled client of a new shard; `h2c`: HTTP/2 with prior knowledge.
+    fn pool(&self, h2c: bool) -> Pooled {
+        Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_max_idle_per_host(1024)
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
             .http1_read_buf_exact_size(READ_BUF_BYTES)
-            .build(https);
-        Ok(Self { inner })
+            .http2_only(h2c)
+            .http2_initial_stream_window_size(H2_STREAM_WINDOW_BYTES)
+            .http2_initial_connection_window_size(H2_CONN_WINDOW_BYTES)
+            .http2_keep_alive_interval(Duration::from_secs(30))
+            .http2_keep_alive_timeout(Duration::from_secs(10))
+            .build(self.connector.clone())
     }
 
-    /// Send `req`; resolves with the response head (the body streams afterwards).
+    /// Send `req` (over HTTP/2 with prior knowledge when `h2c`); resolves with the response
+    /// head (the body streams afterwards and holds the request's place on its connection).
     pub async fn send(
         &self,
         req: http::Request<RequestBody>,
-    ) -> Result<http::Response<Incoming>, ApiError> {
-        self.inner.request(req).await.map_err(|e| classify(&e))
+        h2c: bool,
+    ) -> Result<http::Response<UpstreamBody>, ApiError> {
+        let origin = Origin::of(req.uri(), h2c);
+        let (client, slot) = self.shards.checkout(&origin, || self.pool(h2c));
+        let resp = client.request(req).await.map_err(|e| classify(&e))?;
+        Ok(resp.map(|body| UpstreamBody { body, _slot: slot }))
+    }
+}
+
+/// Upstream clients by connect timeout (a model's `timeouts.connect_ms`), built on first use.
+#[derive(Debug)]
+pub struct Clients {
+    max_streams: usize,
+    by_connect_ms: Mutex<HashMap<u64, Upstream>>,
+}
+
+impl Clients {
+    /// Clients that open at most `max_streams` streams on one HTTP/2 connection
+    /// (`upstream_http2_max_streams`).
+    pub fn new(max_streams: usize) -> Self {
+        Self {
+            max_streams,
+            by_connect_ms: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The client for a connect timeout.
+    pub fn get(&self, connect_ms: u64) -> Result<Upstream, ApiError> {
+        let mut map = self.by_connect_ms.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = map.get(&connect_ms) {
+            return Ok(c.clone());
+        }
+        let c = Upstream::new(Duration::from_millis(connect_ms), self.max_streams)
+            .map_err(|e| ApiError::UpstreamUnavailable(format!("TLS setup failed: {e}")))?;
+        map.insert(connect_ms, c.clone());
+        Ok(c)
+    }
+}
+
+/// An upstream response body; holds the request's place on its connection until dropped.
+#[derive(Debug)]
+pub struct UpstreamBody {
+    body: Incoming,
+    _slot: Slot,
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
     }
 }
 
@@ -107,14 +199,14 @@ impl From<BodyError> for ApiError {
 /// [`BodyError::Timeout`] at the request's deadline (trailers are skipped).
 #[derive(Debug)]
 pub struct BodyStream {
-    body: Incoming,
+    body: UpstreamBody,
     deadline: Pin<Box<Sleep>>,
     done: bool,
 }
 
 impl BodyStream {
     /// Stream `body` until `deadline`.
-    pub fn new(body: Incoming, deadline: Instant) -> Self {
+    pub fn new(body: UpstreamBody, deadline: Instant) -> Self {
         Self {
             body,
             deadline: Box::pin(tokio::time::sleep_until(deadline)),
@@ -179,17 +271,17 @@ mod tests {
 
     #[tokio::test]
     async fn builds_with_ring_and_webpki_roots() {
-        assert!(Upstream::new(Duration::from_millis(100)).is_ok());
+        assert!(Upstream::new(Duration::from_millis(100), 100).is_ok());
     }
 
     #[tokio::test]
     async fn refused_connection_is_an_upstream_error_without_the_url() {
-        let client = Upstream::new(Duration::from_millis(500)).unwrap();
+        let client = Upstream::new(Duration::from_millis(500), 100).unwrap();
         // Port 9 (discard) on loopback: nothing listens there.
         let req = http::Request::post("http://user:secret@127.0.0.1:9/v1/chat/completions")
             .body(RequestBody::new(Bytes::from_static(b"{}")))
             .unwrap();
-        let err = client.send(req).await.unwrap_err();
+        let err = client.send(req, false).await.unwrap_err();
         let text = format!("{err:?}");
         assert!(matches!(err, ApiError::UpstreamUnavailable(_)), "{text}");
         assert!(!text.contains("secret"), "{text}");
@@ -210,12 +302,12 @@ mod tests {
         format!("http://{addr}/v1/chat/completions")
     }
 
-    async fn response(url: &str) -> http::Response<Incoming> {
-        let client = Upstream::new(Duration::from_secs(1)).unwrap();
+    async fn response(url: &str) -> http::Response<UpstreamBody> {
+        let client = Upstream::new(Duration::from_secs(1), 100).unwrap();
         let req = http::Request::post(url)
             .body(RequestBody::new(Bytes::from_static(b"{}")))
             .unwrap();
-        client.send(req).await.unwrap()
+        client.send(req, false).await.unwrap()
     }
 
     #[tokio::test]
@@ -251,5 +343,73 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(body, r#"{"a":1}"#);
+    }
+
+    /// An h2c server whose responses send their head and then stay open; counts connections
+    /// and HTTP/2 requests.
+    async fn h2c_upstream() -> (
+        String,
+        Arc<std::sync::atomic::AtomicUsize>,
+        Arc<std::sync::atomic::AtomicUsize>,
+    ) {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let conns = Arc::new(AtomicUsize::new(0));
+        let h2_requests = Arc::new(AtomicUsize::new(0));
+        let (c, r) = (Arc::clone(&conns), Arc::clone(&h2_requests));
+        tokio::spawn(async move {
+            loop {
+                let (sock, _) = listener.accept().await.unwrap();
+                c.fetch_add(1, Ordering::SeqCst);
+                let r = Arc::clone(&r);
+                let svc = hyper::service::service_fn(move |req: http::Request<Incoming>| {
+                    if req.version() == http::Version::HTTP_2 {
+                        r.fetch_add(1, Ordering::SeqCst);
+                    }
+                    let body = http_body_util::StreamBody::new(futures::stream::pending::<
+                        Result<Frame<Bytes>, std::convert::Infallible>,
+                    >());
+                    async move { Ok::<_, std::convert::Infallible>(http::Response::new(body)) }
+                });
+                tokio::spawn(
+                    hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .serve_connection(hyper_util::rt::TokioIo::new(sock), svc),
+                );
+            }
+        });
+        (
+            format!("http://{addr}/v1/chat/completions"),
+            conns,
+            h2_requests,
+        )
+    }
+
+    #[tokio::test]
+    async fn h2c_streams_are_spread_over_connections_of_at_most_max_streams() {
+        use std::sync::atomic::Ordering;
+        let (url, conns, h2_requests) = h2c_upstream().await;
+        let client = Upstream::new(Duration::from_secs(1), 2).unwrap();
+        let send = || {
+            let req = http::Request::post(url.as_str())
+                .body(RequestBody::new(Bytes::from_static(b"{}")))
+                .unwrap();
+            client.send(req, true)
+        };
+        let a = send().await.unwrap();
+        let b = send().await.unwrap();
+        let c = send().await.unwrap();
+        assert_eq!(conns.load(Ordering::SeqCst), 2, "2 streams per connection");
+        drop(a);
+        let d = send().await.unwrap();
+        assert_eq!(
+            conns.load(Ordering::SeqCst),
+            2,
+            "the freed stream is reused"
+        );
+        assert_eq!(h2_requests.load(Ordering::SeqCst), 4, "all over HTTP/2");
+        assert!([&b, &c, &d]
+            .iter()
+            .all(|r| r.version() == http::Version::HTTP_2));
     }
 }

@@ -8,6 +8,7 @@
 pub mod anthropic;
 pub mod client;
 pub mod openai;
+pub mod pool;
 pub mod tokens;
 
 use bytes::Bytes;

@@ -60,7 +60,6 @@ pub struct Meter {
     sink: UsageSink,
     started: Instant,
     event: Option<UsageEvent>,
-    partial: Outcome,
     model: Option<Arc<Model>>,
     permit: Option<crate::limits::Permit>,
     reservation: Option<crate::budget::Reservation>,
@@ -95,7 +94,6 @@ impl Meter {
             sink,
             started: Instant::now(),
             event: Some(event),
-            partial: Outcome::default(),
             model: None,
             permit: None,
             reservation: None,
@@ -167,11 +165,6 @@ impl Meter {
         self.permit = permit;
     }
 
-    /// Update what is known so far (used if the request is abandoned).
-    pub fn progress(&mut self, partial: Outcome) {
-        self.partial = partial;
-    }
-
     /// Emit the event with its final outcome.
     pub fn finish(mut self, outcome: Outcome) {
         self.emit(outcome);
@@ -212,13 +205,19 @@ impl Meter {
     }
 }
 
+/// `error_type` of a request whose client went away before it was answered.
+pub const CLIENT_DISCONNECTED: &str = "client_disconnected";
+
 impl Drop for Meter {
     fn drop(&mut self) {
         if self.event.is_some() {
-            let mut outcome = std::mem::take(&mut self.partial);
-            outcome.status = 499;
-            outcome.error_type = Some("client_disconnected".into());
-            self.emit(outcome);
+            // A stream's relay finishes its meter itself with what was delivered (see
+            // `http::stream`); a meter dropped anywhere else knows no tokens.
+            self.emit(Outcome {
+                status: 499,
+                error_type: Some(CLIENT_DISCONNECTED.into()),
+                ..Outcome::default()
+            });
         }
     }
 }
