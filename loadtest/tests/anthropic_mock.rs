@@ -93,7 +93,8 @@ async fn answers_messages_in_anthropic_format() {
             requests: 3,
             stream_requests: 0,
             prompt_tokens: 15 + 13 + 5,
-            completion_tokens: 5 + 2 + 3
+            completion_tokens: 5 + 2 + 3,
+            http2_requests: 0,
         }
     );
     server.shutdown().await;

@@ -91,6 +91,7 @@ async fn loadgen_token_sums_match_mock_stats() {
             stream_requests: 15,
             prompt_tokens: 50 * (7 + 4),
             completion_tokens: 50 * 12,
+            http2_requests: 0,
         }
     );
 
@@ -379,7 +380,8 @@ async fn admin_endpoints() {
             requests: 1,
             stream_requests: 0,
             prompt_tokens: 7,
-            completion_tokens: 16
+            completion_tokens: 16,
+            http2_requests: 0,
         }
     );
     let reset = client

@@ -163,6 +163,47 @@ async fn completions_embeddings_and_azure() {
     env.proxy.shutdown().await;
 }
 
+/// A deployment with `http2_prior_knowledge` reaches the mock over h2c (the mock counts the
+/// requests that arrive over HTTP/2): JSON and streams, metered as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2c_deployment_answers_json_and_streams() {
+    let env = Env::start().await;
+    let msgs = json!([{"role": "user", "content": "over one connection"}]);
+    let resp = env
+        .post(
+            "/v1/chat/completions",
+            KEY,
+            json!({"model": "h2c-mock", "messages": msgs, "max_tokens": 3}),
+        )
+        .await;
+    assert_eq!(resp.status(), 200);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["model"], "h2c-mock");
+    // Concurrent streams share the HTTP/2 connection.
+    let streams = (0..4).map(|_| {
+        env.post(
+            "/v1/chat/completions",
+            KEY,
+            json!({"model": "h2c-mock", "messages": msgs, "max_tokens": 4, "stream": true}),
+        )
+    });
+    for resp in futures::future::join_all(streams).await {
+        assert_eq!(resp.status(), 200);
+        let events = sse_data(&resp.text().await.unwrap());
+        assert_eq!(events.last().unwrap(), "[DONE]");
+    }
+    assert_eq!(
+        env.mock.stats().http2_requests,
+        5,
+        "every request over HTTP/2"
+    );
+    let events = env.events(5).await;
+    assert!(events
+        .iter()
+        .all(|e| e.upstream_model == "h2c-upstream" && e.status_code == 200 && !e.usage_estimated));
+    env.proxy.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn models_list_only_what_the_key_may_use() {
     let env = Env::start().await;

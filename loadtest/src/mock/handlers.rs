@@ -64,7 +64,23 @@ pub(crate) fn router(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            count_http2,
+        ))
         .with_state(state)
+}
+
+/// Counts requests that arrived over HTTP/2 (`MockStats::http2_requests`).
+async fn count_http2(
+    State(state): State<AppState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if req.version() == axum::http::Version::HTTP_2 {
+        state.stats.add_http2();
+    }
+    next.run(req).await
 }
 
 /// Sleeps `ms` milliseconds unless the server shuts down first.

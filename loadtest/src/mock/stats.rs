@@ -12,6 +12,8 @@ use super::openai::Usage;
 /// * `requests` counts every `POST /v1/chat/completions` received, including
 ///   injected errors (`x-mock-status`) and invalid bodies, so retries made by
 ///   a proxy are visible.
+/// * `http2_requests` counts requests of any endpoint that arrived over HTTP/2 (h2c: the
+///   mock speaks HTTP/2 to clients that open with its preface).
 /// * `stream_requests`, `prompt_tokens` and `completion_tokens` count only
 ///   successful (200) completions, when their response starts (after the
 ///   latency). For streams the *planned* completion tokens are counted, even
@@ -26,6 +28,9 @@ pub struct MockStats {
     pub prompt_tokens: u64,
     /// Completion tokens of successful completions (planned, for streams).
     pub completion_tokens: u64,
+    /// Requests of any endpoint received over HTTP/2.
+    #[serde(default)]
+    pub http2_requests: u64,
 }
 
 /// Live atomic counters behind [`MockStats`].
@@ -35,12 +40,18 @@ pub(crate) struct StatsCounters {
     stream_requests: AtomicU64,
     prompt_tokens: AtomicU64,
     completion_tokens: AtomicU64,
+    http2_requests: AtomicU64,
 }
 
 impl StatsCounters {
     /// Counts one received chat-completion request.
     pub(crate) fn add_request(&self) {
         self.requests.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts one request received over HTTP/2.
+    pub(crate) fn add_http2(&self) {
+        self.http2_requests.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts one successful completion and its tokens.
@@ -61,6 +72,7 @@ impl StatsCounters {
             stream_requests: self.stream_requests.load(Ordering::Relaxed),
             prompt_tokens: self.prompt_tokens.load(Ordering::Relaxed),
             completion_tokens: self.completion_tokens.load(Ordering::Relaxed),
+            http2_requests: self.http2_requests.load(Ordering::Relaxed),
         }
     }
 
@@ -70,6 +82,7 @@ impl StatsCounters {
         self.stream_requests.store(0, Ordering::Relaxed);
         self.prompt_tokens.store(0, Ordering::Relaxed);
         self.completion_tokens.store(0, Ordering::Relaxed);
+        self.http2_requests.store(0, Ordering::Relaxed);
     }
 }
 
@@ -83,6 +96,7 @@ mod tests {
         let c = StatsCounters::default();
         c.add_request();
         c.add_request();
+        c.add_http2();
         c.add_served(
             true,
             Usage {
@@ -103,7 +117,8 @@ mod tests {
                 requests: 2,
                 stream_requests: 1,
                 prompt_tokens: 6,
-                completion_tokens: 9
+                completion_tokens: 9,
+                http2_requests: 1,
             }
         );
         c.reset();

@@ -85,6 +85,10 @@ models:
   - name: dead-mock
     retry: {{max_attempts: 2, backoff_ms: 1}}
     base_url: http://127.0.0.1:9/v1
+  - name: h2c-mock
+    pricing: {{input_per_mtok: 1.0, output_per_mtok: 2.0}}
+    deployments:
+      - {{base_url: "{mock}/v1", upstream_model: h2c-upstream, http2_prior_knowledge: true}}
 {extra}
 api_keys:
   - {{id: key_all, secret: {KEY}, account_id: acct_p, team_id: team_p}}
