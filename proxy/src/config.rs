@@ -94,12 +94,8 @@ pub struct ProxyConfig {
     pub header_read_timeout_ms: u64,
     /// Streams the proxy opens on one HTTP/2 upstream connection before it opens another; keep
     /// it at or below the providers' `SETTINGS_MAX_CONCURRENT_STREAMS`.
-    #[serde(default = "default_upstream_http2_max_streams")]
+    #[serde(default = "defaults::upstream_http2_max_streams")]
     pub upstream_http2_max_streams: usize,
-}
-
-fn default_upstream_http2_max_streams() -> usize {
-    crate::providers::pool::DEFAULT_MAX_STREAMS
 }
 
 /// A secret string that never prints (serialized only into the config store).
@@ -245,6 +241,9 @@ mod defaults {
     pub fn linger_ms() -> u64 {
         20
     }
+    pub fn upstream_http2_max_streams() -> usize {
+        crate::providers::pool::DEFAULT_MAX_STREAMS
+    }
     pub fn queue_capacity() -> usize {
         100_000
     }
@@ -381,7 +380,10 @@ impl ProxyConfig {
         if self.upstream_http2_max_streams == 0 {
             return Err(invalid(
                 "upstream_http2_max_streams",
-                "must be at least 1 (default 100)",
+                format!(
+                    "must be at least 1 (default {})",
+                    defaults::upstream_http2_max_streams()
+                ),
             ));
         }
         let allow = crate::allowlist::Allowlist::parse(&self.upstream_allowlist)
@@ -529,6 +531,15 @@ kafka:
   brokers: 127.0.0.1:9092
 "#;
 
+    /// The validation error of a config that parses.
+    fn validation_error(text: &str) -> String {
+        ProxyConfig::from_yaml(text, "t")
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string()
+    }
+
     #[test]
     fn parses_and_validates_with_defaults() {
         let cfg = ProxyConfig::from_yaml(BASE, "t").unwrap();
@@ -545,11 +556,7 @@ kafka:
             .validate()
             .unwrap();
         let on = BASE.replace("  brokers: 127.0.0.1:9092", "  enabled: true");
-        let err = ProxyConfig::from_yaml(&on, "t")
-            .unwrap()
-            .validate()
-            .unwrap_err()
-            .to_string();
+        let err = validation_error(&on);
         assert!(err.contains("kafka.brokers"), "{err}");
     }
 
@@ -575,12 +582,7 @@ kafka:
     fn upstream_http2_settings_default_and_validate() {
         let cfg = ProxyConfig::from_yaml(BASE, "t").unwrap();
         assert_eq!(cfg.upstream_http2_max_streams, 100);
-        let zero = format!("{BASE}upstream_http2_max_streams: 0\n");
-        let err = ProxyConfig::from_yaml(&zero, "t")
-            .unwrap()
-            .validate()
-            .unwrap_err()
-            .to_string();
+        let err = validation_error(&format!("{BASE}upstream_http2_max_streams: 0\n"));
         assert!(err.contains("upstream_http2_max_streams"), "{err}");
         let h2c = BASE.replace(
             "    base_url: http://127.0.0.1:8090/v1\n",
@@ -601,22 +603,13 @@ kafka:
 
     #[test]
     fn invalid_values_name_the_key_path() {
-        let text = BASE.replace("0.15", "-1");
-        let err = ProxyConfig::from_yaml(&text, "t")
-            .unwrap()
-            .validate()
-            .unwrap_err()
-            .to_string();
+        let err = validation_error(&BASE.replace("0.15", "-1"));
         assert!(err.contains("models[0].pricing.input_per_mtok"), "{err}");
         let text = BASE.replace(
             "account_id: a1",
             "account_id: a1\n    allowed_models: [nope]",
         );
-        let err = ProxyConfig::from_yaml(&text, "t")
-            .unwrap()
-            .validate()
-            .unwrap_err()
-            .to_string();
+        let err = validation_error(&text);
         assert!(err.contains("api_keys[0].allowed_models[0]"), "{err}");
     }
 

@@ -269,6 +269,13 @@ impl Stream for BodyStream {
 mod tests {
     use super::*;
 
+    /// A `POST {}` to `url`.
+    fn post(url: &str) -> http::Request<RequestBody> {
+        http::Request::post(url)
+            .body(RequestBody::new(Bytes::from_static(b"{}")))
+            .unwrap()
+    }
+
     #[tokio::test]
     async fn builds_with_ring_and_webpki_roots() {
         assert!(Upstream::new(Duration::from_millis(100), 100).is_ok());
@@ -278,9 +285,7 @@ mod tests {
     async fn refused_connection_is_an_upstream_error_without_the_url() {
         let client = Upstream::new(Duration::from_millis(500), 100).unwrap();
         // Port 9 (discard) on loopback: nothing listens there.
-        let req = http::Request::post("http://user:secret@127.0.0.1:9/v1/chat/completions")
-            .body(RequestBody::new(Bytes::from_static(b"{}")))
-            .unwrap();
+        let req = post("http://user:secret@127.0.0.1:9/v1/chat/completions");
         let err = client.send(req, false).await.unwrap_err();
         let text = format!("{err:?}");
         assert!(matches!(err, ApiError::UpstreamUnavailable(_)), "{text}");
@@ -304,10 +309,7 @@ mod tests {
 
     async fn response(url: &str) -> http::Response<UpstreamBody> {
         let client = Upstream::new(Duration::from_secs(1), 100).unwrap();
-        let req = http::Request::post(url)
-            .body(RequestBody::new(Bytes::from_static(b"{}")))
-            .unwrap();
-        client.send(req, false).await.unwrap()
+        client.send(post(url), false).await.unwrap()
     }
 
     #[tokio::test]
@@ -390,12 +392,7 @@ mod tests {
         use std::sync::atomic::Ordering;
         let (url, conns, h2_requests) = h2c_upstream().await;
         let client = Upstream::new(Duration::from_secs(1), 2).unwrap();
-        let send = || {
-            let req = http::Request::post(url.as_str())
-                .body(RequestBody::new(Bytes::from_static(b"{}")))
-                .unwrap();
-            client.send(req, true)
-        };
+        let send = || client.send(post(&url), true);
         let a = send().await.unwrap();
         let b = send().await.unwrap();
         let c = send().await.unwrap();
