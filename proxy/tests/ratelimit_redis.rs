@@ -232,9 +232,9 @@ async fn lua_window_slides_without_edge_bursts() {
             .key(&keys.minute)
             .key(&keys.day)
             .key(&keys.leases)
-            .arg("")
             .arg(1_000)
             .arg(&[20, 5, 300_000, 288][..])
+            .arg("")
             .arg(&[3, 0, 0, 0, 0, 0][..])
             .invoke_async(&mut conn)
             .await
@@ -323,5 +323,79 @@ async fn a_burst_of_settlements_is_batched_and_applied_exactly_once() {
         300
     );
     assert_eq!(l.leases_held(), 0);
+    l.shutdown();
+}
+
+/// 200 requests at once against a key allowing 120 in flight: the proxy checks them in a few
+/// batched calls, and the batch is as exact as one call per request. Exactly 120 pass, each
+/// sees its own place in the count, refused ones are not counted, and what the model counted
+/// for them is refunded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_checks_are_batched_and_stay_exact() {
+    let prefix = unique("rl");
+    let l = limiter(&prefix, 30);
+    let cat = catalog("{rpm: 150, concurrency: 120}", "{rpm: 1000}");
+    let start = Arc::new(tokio::sync::Barrier::new(200));
+    let tasks: Vec<_> = (0..200)
+        .map(|_| {
+            let (l, cat, start) = (l.clone(), cat.clone(), start.clone());
+            tokio::spawn(async move {
+                start.wait().await;
+                ask(&l, &cat, 1, None).await
+            })
+        })
+        .collect();
+    let mut admitted = Vec::new();
+    let mut refused = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(a) => admitted.push(a),
+            Err(LimitError::Denied(d)) => {
+                assert_eq!(d.metric, Metric::Concurrency);
+                assert_eq!(d.entity, "API key ID: k");
+                refused += 1;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!((admitted.len(), refused), (120, 80));
+    let mut places: Vec<u64> = admitted
+        .iter()
+        .map(|a| a.headers.concurrent.unwrap().1)
+        .collect();
+    places.sort_unstable();
+    assert_eq!(
+        places,
+        (0..120).collect::<Vec<u64>>(),
+        "remaining-concurrent"
+    );
+    let mut left: Vec<u64> = admitted
+        .iter()
+        .map(|a| a.headers.requests.unwrap().remaining)
+        .collect();
+    left.sort_unstable();
+    assert_eq!(left, (30..150).collect::<Vec<u64>>(), "remaining-requests");
+    let calls = l.store_acquire_calls();
+    println!("200 concurrent checks in {calls} calls");
+    assert!(calls < 200, "{calls} calls for 200 requests: not batched");
+
+    let mut conn = redis::Client::open(redis_url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let key = limit_keys(&prefix, LimitEntity::Key, "k");
+    let model = limit_keys(&prefix, LimitEntity::Model, "m");
+    assert_eq!(conn.hget::<_, _, i64>(&key.minute, "R").await.unwrap(), 120);
+    assert_eq!(conn.zcard::<_, i64>(&key.leases).await.unwrap(), 120);
+    wait_until("model refunds", Duration::from_secs(5), async || {
+        conn.hget::<_, _, i64>(&model.minute, "R").await.unwrap() == 120
+    })
+    .await;
+    drop(admitted);
+    wait_until("releases", Duration::from_secs(5), async || {
+        conn.zcard::<_, i64>(&key.leases).await.unwrap() == 0
+    })
+    .await;
     l.shutdown();
 }

@@ -176,6 +176,12 @@ impl Limiter {
         self.inner.redis.as_ref().map_or(0, |r| r.leases().len())
     }
 
+    /// Pre-check calls sent to Redis so far: fewer than requests when concurrent requests were
+    /// batched (0 for the local backend).
+    pub fn store_acquire_calls(&self) -> u64 {
+        self.inner.redis.as_ref().map_or(0, |r| r.acquire_calls())
+    }
+
     /// Check the key's and the model's limits; count the request if both pass.
     pub async fn acquire(&self, ask: &Ask<'_>) -> Result<Admission, LimitError> {
         let targets: Vec<Target> = [

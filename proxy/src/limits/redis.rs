@@ -1,19 +1,23 @@
 //! Redis backend: one `EVALSHA` of `acquire.lua` checks all of a request's entities in one round
-//! trip. Settlements and refunds go to a background batcher: what finishes within a few
+//! trip. On a single Redis the checks go through the acquire batcher: a request that arrives
+//! while the previous call is in flight waits for it and then goes with every other request
+//! that waited, in one call that checks them one after the other (each window and lease set
+//! read and written once per call). An idle proxy sends each request at once; a busy one
+//! spends a fraction of a script call per request, without giving up exact shared counts.
+//! Settlements and refunds go to a background batcher: what finishes within a few
 //! milliseconds (and while the previous batch was in flight) is merged per entity and bucket
-//! and corrected by one `settle.lua` call, so a busy proxy spends a small fraction of a script
-//! call per request on them.
+//! and corrected by one `settle.lua` call.
 //! Scripts take the time from Redis (`TIME`), so proxies' clocks do not matter.
 //!
 //! On a Redis Cluster each entity's keys share a hash tag (one slot), but a request's entities
 //! live in different slots, so there each entity (and each correction) is its own concurrent
 //! single-slot call (missing scripts are then loaded on every primary by `SCRIPT LOAD`).
 
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, OnceLock, Weak};
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use redis::{ErrorKind, Script, ScriptInvocation, ServerErrorKind};
 use tollgate_schemas::redis_keys::{self, LimitKeys};
@@ -61,6 +65,11 @@ const SETTLE_LINGER: Duration = Duration::from_millis(5);
 const SETTLE_QUEUE: usize = 16_384;
 /// Values per entity in an acquire reply.
 const ROW: usize = 12;
+/// Most requests checked by one acquire call (at most two entities each).
+const ACQUIRE_BATCH: usize = 64;
+/// Requests waiting for the acquire batcher; beyond this, callers wait for room (bounded by
+/// the store timeout like the call itself).
+const ACQUIRE_QUEUE: usize = 4_096;
 
 /// A failed call to Redis.
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +83,30 @@ pub enum StoreFailure {
     /// The answer had an unexpected shape.
     #[error("unexpected reply from the rate-limit script")]
     Reply,
+    /// The batched call that carried this request failed.
+    #[error("{0}")]
+    Batch(Arc<StoreFailure>),
+    /// The acquire batcher is gone (the limiter is shutting down).
+    #[error("rate-limit batcher stopped")]
+    Stopped,
+}
+
+/// One entity's part of an acquire call.
+#[derive(Debug)]
+struct Entry {
+    keys: LimitKeys,
+    lease: Option<Arc<str>>,
+    /// rpm, rpd, tpm, tpd, concurrency (0 = no limit), reserved tokens.
+    args: [i64; 6],
+}
+
+/// A request's entities with their reply rows (ROW values each).
+type Rows = (Vec<Entry>, Vec<i64>);
+
+/// A request waiting for the acquire batcher: its entities come back with their rows.
+struct AcquireJob {
+    entries: Vec<Entry>,
+    reply: oneshot::Sender<Result<Rows, StoreFailure>>,
 }
 
 /// The shared-counter backend.
@@ -86,6 +119,8 @@ pub struct RedisLimiter {
     down: AtomicBool,
     leases: Leases,
     settle_tx: OnceLock<mpsc::Sender<Settle>>,
+    acquire_tx: OnceLock<mpsc::Sender<AcquireJob>>,
+    acquire_calls: AtomicU64,
 }
 
 impl std::fmt::Debug for RedisLimiter {
@@ -127,6 +162,8 @@ impl RedisLimiter {
             down: AtomicBool::new(false),
             leases: Leases::default(),
             settle_tx: OnceLock::new(),
+            acquire_tx: OnceLock::new(),
+            acquire_calls: AtomicU64::new(0),
         })
     }
 
@@ -138,6 +175,11 @@ impl RedisLimiter {
     /// Leases this process holds.
     pub fn leases(&self) -> &Leases {
         &self.leases
+    }
+
+    /// Acquire calls sent to Redis so far (fewer than requests when they were batched).
+    pub fn acquire_calls(&self) -> u64 {
+        self.acquire_calls.load(Ordering::Relaxed)
     }
 
     /// Whether the request path should try Redis (no failure in the last second).
@@ -232,53 +274,100 @@ impl RedisLimiter {
         }
     }
 
-    /// Check and count every target in one round trip. Each admitted target's lease is
-    /// remembered for renewal.
+    /// Check and count every target in one round trip (batched with other requests' checks
+    /// on a single Redis). Each admitted target's lease is remembered for renewal.
     pub async fn acquire(
-        &self,
+        self: &Arc<Self>,
         targets: &[Target],
         lease: Option<&Arc<str>>,
     ) -> Result<Vec<Checked>, StoreFailure> {
-        let keys: Vec<LimitKeys> = targets.iter().map(|t| self.keys(t)).collect();
-        let lease_id: &str = lease.map_or("", |l| l);
-        let call = || {
-            let mut inv = ACQUIRE.prepare_invoke();
-            inv.arg(lease_id)
-                .arg(self.lease_ms)
-                .arg(MINUTE.bucket_ms)
-                .arg(MINUTE.buckets)
-                .arg(DAY.bucket_ms)
-                .arg(DAY.buckets);
-            inv
+        let entries: Vec<Entry> = targets
+            .iter()
+            .map(|t| {
+                let l = &t.limit;
+                let v = |x: Option<u64>| i64::try_from(x.unwrap_or(0)).unwrap_or(i64::MAX);
+                Entry {
+                    keys: self.keys(t),
+                    lease: lease.cloned(),
+                    args: [
+                        v(l.rpm),
+                        v(l.rpd),
+                        v(l.tpm),
+                        v(l.tpd),
+                        v(l.concurrency),
+                        t.reserve,
+                    ],
+                }
+            })
+            .collect();
+        let (entries, values) = if self.conn.is_cluster() {
+            let invocations: Vec<_> = entries
+                .iter()
+                .map(|e| self.acquire_call(std::iter::once(e)))
+                .collect();
+            self.acquire_calls
+                .fetch_add(invocations.len() as u64, Ordering::Relaxed);
+            let replies = self.bounded(self.run(&invocations)).await?;
+            (entries, reply_values(&replies)?)
+        } else {
+            self.bounded(self.batched(entries)).await?
         };
-        let add = |inv: &mut ScriptInvocation<'static>, (t, k): &(&Target, &LimitKeys)| {
-            let l = &t.limit;
-            inv.key(&k.minute).key(&k.day).key(&k.leases);
-            for v in [l.rpm, l.rpd, l.tpm, l.tpd, l.concurrency] {
-                inv.arg(v.unwrap_or(0));
-            }
-            inv.arg(t.reserve);
-        };
-        let items: Vec<(&Target, &LimitKeys)> = targets.iter().zip(&keys).collect();
-        let invocations = self.calls(&items, call, add);
-        let replies = self.bounded(self.run(&invocations)).await?;
-        let mut values: Vec<i64> = Vec::with_capacity(targets.len() * ROW);
-        for r in &replies {
-            let part: Vec<i64> = redis::from_redis_value_ref(r).map_err(|_| StoreFailure::Reply)?;
-            values.extend(part);
-        }
         if values.len() != targets.len() * ROW {
             return Err(StoreFailure::Reply);
         }
         let mut out = Vec::with_capacity(targets.len());
-        for ((row, t), k) in values.chunks(ROW).zip(targets).zip(&keys) {
+        for ((row, t), e) in values.chunks(ROW).zip(targets).zip(&entries) {
             let checked = parse(row)?;
             if let (None, Some(id), true) = (checked.denied, lease, t.leases()) {
-                self.leases.hold(&k.leases, id);
+                self.leases.hold(&e.keys.leases, id);
             }
             out.push(checked);
         }
         Ok(out)
+    }
+
+    /// An acquire call carrying `entries`, in order.
+    fn acquire_call<'a>(
+        &self,
+        entries: impl Iterator<Item = &'a Entry>,
+    ) -> ScriptInvocation<'static> {
+        let mut inv = ACQUIRE.prepare_invoke();
+        inv.arg(self.lease_ms)
+            .arg(MINUTE.bucket_ms)
+            .arg(MINUTE.buckets)
+            .arg(DAY.bucket_ms)
+            .arg(DAY.buckets);
+        for e in entries {
+            inv.key(&e.keys.minute)
+                .key(&e.keys.day)
+                .key(&e.keys.leases)
+                .arg(e.lease.as_deref().unwrap_or(""));
+            for v in e.args {
+                inv.arg(v);
+            }
+        }
+        inv
+    }
+
+    /// Hand a request's entities to the acquire batcher (started on first use) and wait for
+    /// their rows.
+    async fn batched(
+        self: &Arc<Self>,
+        entries: Vec<Entry>,
+    ) -> Result<Rows, StoreFailure> {
+        let tx = self
+            .acquire_tx
+            .get_or_init(|| {
+                let (tx, rx) = mpsc::channel(ACQUIRE_QUEUE);
+                tokio::spawn(acquire_loop(Arc::downgrade(self), rx));
+                tx
+            })
+            .clone();
+        let (reply, answer) = oneshot::channel();
+        tx.send(AcquireJob { entries, reply })
+            .await
+            .map_err(|_| StoreFailure::Stopped)?;
+        answer.await.map_err(|_| StoreFailure::Stopped)?
     }
 
     /// Send corrections in the background (never awaited by a client): queued for the
@@ -360,6 +449,50 @@ impl RedisLimiter {
         }
         self.bounded(self.run(&invocations)).await.map(drop)
     }
+}
+
+/// The acquire batcher: takes every request waiting (up to [`ACQUIRE_BATCH`]), checks them in
+/// one call, answers each, and repeats; ends when the limiter is dropped. Requests never wait
+/// for a batch to fill: only for the call in flight.
+async fn acquire_loop(limiter: Weak<RedisLimiter>, mut rx: mpsc::Receiver<AcquireJob>) {
+    let mut jobs = Vec::with_capacity(ACQUIRE_BATCH);
+    while rx.recv_many(&mut jobs, ACQUIRE_BATCH).await > 0 {
+        let Some(me) = limiter.upgrade() else { return };
+        let call = me.acquire_call(jobs.iter().flat_map(|j| &j.entries));
+        me.acquire_calls.fetch_add(1, Ordering::Relaxed);
+        let result = me
+            .bounded(me.run(std::slice::from_ref(&call)))
+            .await
+            .and_then(|replies| reply_values(&replies));
+        drop(me);
+        let rows: usize = jobs.iter().map(|j| j.entries.len() * ROW).sum();
+        match result {
+            Ok(values) if values.len() == rows => {
+                let mut rest = values.as_slice();
+                for job in jobs.drain(..) {
+                    let (mine, tail) = rest.split_at(job.entries.len() * ROW);
+                    rest = tail;
+                    let _ = job.reply.send(Ok((job.entries, mine.to_vec())));
+                }
+            }
+            other => {
+                let failure = Arc::new(other.err().unwrap_or(StoreFailure::Reply));
+                for job in jobs.drain(..) {
+                    let _ = job.reply.send(Err(StoreFailure::Batch(failure.clone())));
+                }
+            }
+        }
+    }
+}
+
+/// The values of script replies, in order.
+fn reply_values(replies: &[redis::Value]) -> Result<Vec<i64>, StoreFailure> {
+    let mut values = Vec::new();
+    for r in replies {
+        let part: Vec<i64> = redis::from_redis_value_ref(r).map_err(|_| StoreFailure::Reply)?;
+        values.extend(part);
+    }
+    Ok(values)
 }
 
 /// The settle batcher: waits for a correction, keeps collecting for [`SETTLE_LINGER`] (up to

@@ -1,17 +1,45 @@
--- Pre-check of one or more entities (API key, model): each entity's request is counted only
+-- Pre-check of entities (API key, model), in order: each entity's request is counted only
 -- when every limit of that entity passes (the caller refunds the others if one refuses).
--- On a single Redis all of a request's entities go in one call; on a cluster one call per
--- entity (its keys share one hash tag: one slot).
+-- One call may carry the entities of many requests (the proxy batches the requests that wait
+-- while a call is in flight): entities are checked one after the other, as separate calls
+-- would check them, but each window and lease set is read once and written once per call.
+-- On a single Redis a batch of requests goes in one call; on a cluster one call per entity
+-- (its keys share one hash tag: one slot).
 -- KEYS: per entity i (0-based) at 3i+1..3i+3: minute hash, day hash, lease set.
--- ARGV[1..6]: lease id, lease ms, minute bucket ms, minute buckets, day bucket ms, day buckets.
--- ARGV per entity i at 6i+7..6i+12: rpm, rpd, tpm, tpd, concurrency (0 = no limit), reserved
---       tokens.
+-- ARGV[1..5]: lease ms, minute bucket ms, minute buckets, day bucket ms, day buckets.
+-- ARGV per entity i at 7i+6..7i+12: lease id ('' = none), rpm, rpd, tpm, tpd, concurrency
+--       (0 = no limit), reserved tokens.
 -- Returns 12 values per entity: admitted, metric (1 rpm, 2 rpd, 3 tpm, 4 tpd, 5 concurrency),
 --          retry ms, minute bucket, day bucket, minute requests, day requests, minute tokens,
 --          day tokens, minute reset ms, day reset ms, in flight.
-local lease_id, lease_ms = ARGV[1], tonumber(ARGV[2])
-local mw, mn, dw, dn = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local lease_ms = tonumber(ARGV[1])
+local mw, mn, dw, dn = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local out = {}
+
+-- Windows and lease sets touched by this call, by key.
+local wins, sets, win_order, set_order = {}, {}, {}, {}
+
+local function window(key, width, n)
+  local w = wins[key]
+  if not w then
+    w = win_open(key, width, n)
+    wins[key] = w
+    win_order[#win_order + 1] = w
+  end
+  return w
+end
+
+-- A lease set with its expired leases dropped; new leases are added at the end.
+local function lease_set(key)
+  local s = sets[key]
+  if not s then
+    redis.call('ZREMRANGEBYSCORE', key, '-inf', NOW)
+    s = {key = key, n = redis.call('ZCARD', key), add = {}}
+    sets[key] = s
+    set_order[#set_order + 1] = s
+  end
+  return s
+end
 
 local function v(w, f)
   if w then return w[f] end
@@ -20,17 +48,18 @@ end
 
 for i = 0, #KEYS / 3 - 1 do
   local kmin, kday, klease = KEYS[3 * i + 1], KEYS[3 * i + 2], KEYS[3 * i + 3]
-  local a = 6 * i + 6
-  local rpm, rpd = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
-  local tpm, tpd = tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4])
-  local conc, reserve = tonumber(ARGV[a + 5]), tonumber(ARGV[a + 6])
-  local m, d
-  if rpm > 0 or tpm > 0 then m = win_open(kmin, mw, mn) end
-  if rpd > 0 or tpd > 0 then d = win_open(kday, dw, dn) end
+  local a = 7 * i + 5
+  local lease_id = ARGV[a + 1]
+  local rpm, rpd = tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
+  local tpm, tpd = tonumber(ARGV[a + 4]), tonumber(ARGV[a + 5])
+  local conc, reserve = tonumber(ARGV[a + 6]), tonumber(ARGV[a + 7])
+  local m, d, s
+  if rpm > 0 or tpm > 0 then m = window(kmin, mw, mn) end
+  if rpd > 0 or tpd > 0 then d = window(kday, dw, dn) end
   local in_flight = 0
   if conc > 0 then
-    redis.call('ZREMRANGEBYSCORE', klease, '-inf', NOW)
-    in_flight = redis.call('ZCARD', klease)
+    s = lease_set(klease)
+    in_flight = s.n
   end
 
   local metric, retry = 0, 0
@@ -49,12 +78,13 @@ for i = 0, #KEYS / 3 - 1 do
   if conc > 0 and in_flight + 1 > conc then deny(5, 1000) end
 
   if metric == 0 then
-    if m then win_add(m, 1, reserve) end
-    if d then win_add(d, 1, reserve) end
-    if conc > 0 then
-      redis.call('ZADD', klease, NOW + lease_ms, lease_id)
-      keep(klease, 2 * lease_ms)
-      in_flight = in_flight + 1
+    if m then win_count(m, 1, reserve) end
+    if d then win_count(d, 1, reserve) end
+    if s then
+      s.n = s.n + 1
+      s.add[#s.add + 1] = NOW + lease_ms
+      s.add[#s.add + 1] = lease_id
+      in_flight = s.n
     end
   end
 
@@ -62,5 +92,13 @@ for i = 0, #KEYS / 3 - 1 do
                v(m, 'r'), v(d, 'r'), v(m, 't'), v(d, 't'),
                m and win_reset(m) or 0, d and win_reset(d) or 0, in_flight}
   for j = 1, 12 do out[12 * i + j] = row[j] end
+end
+
+for _, w in ipairs(win_order) do win_flush(w) end
+for _, s in ipairs(set_order) do
+  if #s.add > 0 then
+    redis.call('ZADD', s.key, unpack(s.add))
+    keep(s.key, 2 * lease_ms)
+  end
 end
 return out

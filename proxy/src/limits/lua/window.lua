@@ -60,7 +60,14 @@ local function win_wait(w, f, excess)
   if w.o ~= nil then
     local freed = 0
     for b = w.o, w.cur do
-      freed = freed + (tonumber(redis.call('HGET', w.key, f .. b)) or 0)
+      -- The current bucket may hold counts not yet written (win_count): read it from w.
+      local used
+      if b == w.cur then
+        used = (f == 'r') and w.cr or w.ct
+      else
+        used = tonumber(redis.call('HGET', w.key, f .. b)) or 0
+      end
+      freed = freed + used
       if freed >= excess then
         return math.max(0, (b + w.n + 1) * w.width - NOW)
       end
@@ -69,21 +76,38 @@ local function win_wait(w, f, excess)
   return math.max(0, (w.cur + w.n + 1) * w.width - NOW)
 end
 
--- Count requests r and tokens t in the current bucket (one HSET; the expiry is set when the
--- bucket is created: (n + 2) buckets from then outlast the bucket's stay in the window).
-local function win_add(w, r, t)
-  local key, cur = w.key, w.cur
+-- Count requests r and tokens t in the current bucket, in w only: win_flush writes them, so
+-- that many counts on one window (a batch of requests) cost a single HSET.
+local function win_count(w, r, t)
+  local cur = w.cur
   w.cr, w.ct, w.r, w.t = w.cr + r, w.ct + t, w.r + r, w.t + t
   if w.o == nil or w.o > cur then
-    w.o = cur
+    w.o, w.set_o = cur, true
+  end
+  w.dirty = true
+end
+
+-- Write what win_count counted (one HSET; the expiry is set when the bucket is created:
+-- (n + 2) buckets from then outlast the bucket's stay in the window).
+local function win_flush(w)
+  if not w.dirty then return end
+  local key, cur = w.key, w.cur
+  if w.set_o then
     redis.call('HSET', key, 'r' .. cur, w.cr, 't' .. cur, w.ct, 'R', w.r, 'T', w.t, 'o', cur)
   else
     redis.call('HSET', key, 'r' .. cur, w.cr, 't' .. cur, w.ct, 'R', w.r, 'T', w.t)
   end
+  w.dirty, w.set_o = false, false
   if w.new then
     w.new = false
     redis.call('PEXPIRE', key, (w.n + 2) * w.width)
   end
+end
+
+-- Count and write at once.
+local function win_add(w, r, t)
+  win_count(w, r, t)
+  win_flush(w)
 end
 
 -- Correct bucket b of the window at `key` (never below zero). A bucket still in the window is
