@@ -228,7 +228,7 @@ async fn lua_window_slides_without_edge_bursts() {
     let mut refused = 0;
     let until = Instant::now() + Duration::from_millis(1_500);
     while Instant::now() < until {
-        let row: Vec<i64> = script
+        let row: String = script
             .key(&keys.minute)
             .key(&keys.day)
             .key(&keys.leases)
@@ -239,6 +239,8 @@ async fn lua_window_slides_without_edge_bursts() {
             .invoke_async(&mut conn)
             .await
             .unwrap();
+        let row: Vec<i64> = row.split(',').map(|v| v.parse().unwrap()).collect();
+        assert_eq!(row.len(), 12);
         if row[0] == 1 {
             admitted.push(row[3]);
         } else {

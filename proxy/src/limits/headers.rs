@@ -104,24 +104,27 @@ impl RateHeaders {
 
     /// Write the headers.
     pub fn apply(&self, h: &mut HeaderMap) {
-        let mut set = |name: &'static str, v: String| {
-            if let Ok(v) = HeaderValue::from_str(&v) {
-                h.insert(HeaderName::from_static(name), v);
-            }
+        let mut set = |name: &'static str, v: HeaderValue| {
+            h.insert(HeaderName::from_static(name), v);
         };
+        let reset = |ms: u64| HeaderValue::from_maybe_shared(bytes::Bytes::from(human(ms)));
         if let Some(q) = self.requests {
-            set("x-ratelimit-limit-requests", q.limit.to_string());
-            set("x-ratelimit-remaining-requests", q.remaining.to_string());
-            set("x-ratelimit-reset-requests", human(q.reset_ms));
+            set("x-ratelimit-limit-requests", q.limit.into());
+            set("x-ratelimit-remaining-requests", q.remaining.into());
+            if let Ok(v) = reset(q.reset_ms) {
+                set("x-ratelimit-reset-requests", v);
+            }
         }
         if let Some(q) = self.tokens {
-            set("x-ratelimit-limit-tokens", q.limit.to_string());
-            set("x-ratelimit-remaining-tokens", q.remaining.to_string());
-            set("x-ratelimit-reset-tokens", human(q.reset_ms));
+            set("x-ratelimit-limit-tokens", q.limit.into());
+            set("x-ratelimit-remaining-tokens", q.remaining.into());
+            if let Ok(v) = reset(q.reset_ms) {
+                set("x-ratelimit-reset-tokens", v);
+            }
         }
         if let Some((limit, remaining)) = self.concurrent {
-            set("x-ratelimit-limit-concurrent", limit.to_string());
-            set("x-ratelimit-remaining-concurrent", remaining.to_string());
+            set("x-ratelimit-limit-concurrent", limit.into());
+            set("x-ratelimit-remaining-concurrent", remaining.into());
         }
     }
 }

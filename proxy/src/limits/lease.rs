@@ -22,10 +22,12 @@ impl Leases {
 
     /// Remember a lease.
     pub fn hold(&self, key: &str, id: &Arc<str>) {
-        self.lock()
-            .entry(key.to_string())
-            .or_default()
-            .insert(id.clone());
+        let mut held = self.lock();
+        if let Some(ids) = held.get_mut(key) {
+            ids.insert(id.clone());
+        } else {
+            held.insert(key.to_owned(), HashSet::from([id.clone()]));
+        }
     }
 
     /// Forget a lease.

@@ -13,14 +13,15 @@
 //! live in different slots, so there each entity (and each correction) is its own concurrent
 //! single-slot call (missing scripts are then loaded on every primary by `SCRIPT LOAD`).
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock, OnceLock, Weak};
+use std::sync::{Arc, LazyLock, OnceLock, RwLock, Weak};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
 use redis::{ErrorKind, Script, ScriptInvocation, ServerErrorKind};
-use tollgate_schemas::redis_keys::{self, LimitKeys};
+use tollgate_schemas::redis_keys::{self, LimitEntity, LimitKeys};
 
 use crate::redis_conn::{ConnSettings, RedisConn, RedisTarget};
 
@@ -70,6 +71,8 @@ const ACQUIRE_BATCH: usize = 64;
 /// Requests waiting for the acquire batcher; beyond this, callers wait for room (bounded by
 /// the store timeout like the call itself).
 const ACQUIRE_QUEUE: usize = 4_096;
+/// Most entities whose Redis keys are kept formatted.
+const KEY_CACHE: usize = 65_536;
 
 /// A failed call to Redis.
 #[derive(Debug, thiserror::Error)]
@@ -94,11 +97,14 @@ pub enum StoreFailure {
 /// One entity's part of an acquire call.
 #[derive(Debug)]
 struct Entry {
-    keys: LimitKeys,
+    keys: Arc<LimitKeys>,
     lease: Option<Arc<str>>,
     /// rpm, rpd, tpm, tpd, concurrency (0 = no limit), reserved tokens.
     args: [i64; 6],
 }
+
+/// Formatted Redis keys by entity.
+type KeyCache = HashMap<(LimitEntity, Arc<str>), Arc<LimitKeys>>;
 
 /// A request's entities with their reply rows (ROW values each).
 type Rows = (Vec<Entry>, Vec<i64>);
@@ -121,6 +127,7 @@ pub struct RedisLimiter {
     settle_tx: OnceLock<mpsc::Sender<Settle>>,
     acquire_tx: OnceLock<mpsc::Sender<AcquireJob>>,
     acquire_calls: AtomicU64,
+    key_cache: RwLock<KeyCache>,
 }
 
 impl std::fmt::Debug for RedisLimiter {
@@ -164,6 +171,7 @@ impl RedisLimiter {
             settle_tx: OnceLock::new(),
             acquire_tx: OnceLock::new(),
             acquire_calls: AtomicU64::new(0),
+            key_cache: RwLock::default(),
         })
     }
 
@@ -199,8 +207,21 @@ impl RedisLimiter {
         self.down.load(Ordering::Relaxed) && self.down.swap(false, Ordering::Relaxed)
     }
 
-    fn keys(&self, t: &Target) -> LimitKeys {
-        redis_keys::limit_keys(&self.prefix, t.entity, &t.id)
+    /// The Redis keys of a target, formatted once per entity and kept (the catalogue of keys
+    /// and models is small; the cache starts over if it ever grows past [`KEY_CACHE`]).
+    fn keys(&self, t: &Target) -> Arc<LimitKeys> {
+        let read = self.key_cache.read().unwrap_or_else(|p| p.into_inner());
+        if let Some(k) = read.get(&(t.entity, t.id.clone())) {
+            return k.clone();
+        }
+        drop(read);
+        let keys = Arc::new(redis_keys::limit_keys(&self.prefix, t.entity, &t.id));
+        let mut cache = self.key_cache.write().unwrap_or_else(|p| p.into_inner());
+        if cache.len() >= KEY_CACHE {
+            cache.clear();
+        }
+        cache.insert((t.entity, t.id.clone()), keys.clone());
+        keys
     }
 
     async fn bounded<T>(
@@ -351,10 +372,7 @@ impl RedisLimiter {
 
     /// Hand a request's entities to the acquire batcher (started on first use) and wait for
     /// their rows.
-    async fn batched(
-        self: &Arc<Self>,
-        entries: Vec<Entry>,
-    ) -> Result<Rows, StoreFailure> {
+    async fn batched(self: &Arc<Self>, entries: Vec<Entry>) -> Result<Rows, StoreFailure> {
         let tx = self
             .acquire_tx
             .get_or_init(|| {
@@ -399,7 +417,7 @@ impl RedisLimiter {
     /// Correct every request of `batch`, merged per entity and bucket ([`coalesce`]): one
     /// call on a single server, one per correction on a cluster.
     async fn apply_now(&self, batch: &[Settle]) -> Result<(), StoreFailure> {
-        let rows: Vec<(Correction<'_>, LimitKeys)> = coalesce(batch)
+        let rows: Vec<(Correction<'_>, Arc<LimitKeys>)> = coalesce(batch)
             .into_iter()
             .map(|c| {
                 let keys = self.keys(c.target);
@@ -417,7 +435,8 @@ impl RedisLimiter {
                 .arg(DAY.buckets);
             inv
         };
-        let add = |inv: &mut ScriptInvocation<'static>, (c, k): &(Correction<'_>, LimitKeys)| {
+        let add = |inv: &mut ScriptInvocation<'static>,
+                   (c, k): &(Correction<'_>, Arc<LimitKeys>)| {
             inv.key(&k.minute)
                 .key(&k.day)
                 .key(&k.leases)
@@ -485,12 +504,17 @@ async fn acquire_loop(limiter: Weak<RedisLimiter>, mut rx: mpsc::Receiver<Acquir
     }
 }
 
-/// The values of script replies, in order.
+/// The values of acquire replies (comma-separated integers), in order.
 fn reply_values(replies: &[redis::Value]) -> Result<Vec<i64>, StoreFailure> {
     let mut values = Vec::new();
     for r in replies {
-        let part: Vec<i64> = redis::from_redis_value_ref(r).map_err(|_| StoreFailure::Reply)?;
-        values.extend(part);
+        let redis::Value::BulkString(text) = r else {
+            return Err(StoreFailure::Reply);
+        };
+        for v in text.split(|&b| b == b',') {
+            let v = std::str::from_utf8(v).map_err(|_| StoreFailure::Reply)?;
+            values.push(v.parse().map_err(|_| StoreFailure::Reply)?);
+        }
     }
     Ok(values)
 }
@@ -556,5 +580,17 @@ mod tests {
         assert_eq!(c.day_bucket, 2);
         assert!(parse(&[1, 0, 0]).is_err());
         assert!(parse(&[0, 9, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]).is_err());
+    }
+
+    #[test]
+    fn acquire_replies_are_comma_separated_integers() {
+        let reply = |s: &str| redis::Value::BulkString(s.as_bytes().to_vec());
+        assert_eq!(
+            reply_values(&[reply("1,0,-3"), reply("42")]).unwrap(),
+            vec![1, 0, -3, 42]
+        );
+        assert!(reply_values(&[reply("1,,2")]).is_err());
+        assert!(reply_values(&[reply("1,x")]).is_err());
+        assert!(reply_values(&[redis::Value::Int(1)]).is_err());
     }
 }
