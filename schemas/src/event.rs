@@ -10,8 +10,7 @@ use std::collections::HashMap;
 use std::sync::OnceLock;
 
 use apache_avro::rabin::Rabin;
-use apache_avro::types::Value;
-use apache_avro::{from_avro_datum, from_value, to_avro_datum, Schema};
+use apache_avro::{from_avro_datum, from_value, Schema};
 use serde::{Deserialize, Serialize};
 
 /// The current schema text (`schemas/avro/usage_event.avsc`).
@@ -20,6 +19,8 @@ pub const USAGE_EVENT_SCHEMA: &str = include_str!("../avro/usage_event.avsc");
 /// Every schema version ever published, oldest first; the last one is the current schema.
 /// Append (never edit) when the schema changes, and add a golden fixture for the new version.
 pub const KNOWN_SCHEMAS: &[&str] = &[USAGE_EVENT_SCHEMA];
+
+mod binary;
 
 const MAGIC: [u8; 2] = [0xC3, 0x01];
 const HEADER_LEN: usize = 10;
@@ -156,9 +157,11 @@ pub fn current_fingerprint() -> u64 {
     u64::from_le_bytes(registry().current_fp)
 }
 
-/// The event as an Avro value of the current schema, built field by field (no serde
-/// round trip and no schema resolution: this runs once per request in the proxy).
-fn to_record(event: &UsageEvent) -> Result<Value, EncodeError> {
+/// The event as an apache-avro value of the current schema: the reference that
+/// [`binary::write_datum`] is tested against.
+#[cfg(test)]
+fn to_record(event: &UsageEvent) -> Result<apache_avro::types::Value, EncodeError> {
+    use apache_avro::types::Value;
     let uuid = uuid::Uuid::parse_str(&event.event_id)
         .map_err(|e| EncodeError::Schema(format!("event_id is not a UUID: {e}")))?;
     let opt_str = |v: &Option<String>| match v {
@@ -216,13 +219,10 @@ fn to_record(event: &UsageEvent) -> Result<Value, EncodeError> {
 /// Encode an event with the current schema as an Avro single-object message.
 pub fn encode(event: &UsageEvent) -> Result<Vec<u8>, EncodeError> {
     let reg = registry();
-    let value = to_record(event)?;
-    let datum =
-        to_avro_datum(&reg.current, value).map_err(|e| EncodeError::Schema(e.to_string()))?;
-    let mut out = Vec::with_capacity(HEADER_LEN + datum.len());
+    let mut out = Vec::with_capacity(512);
     out.extend_from_slice(&MAGIC);
     out.extend_from_slice(&reg.current_fp);
-    out.extend_from_slice(&datum);
+    binary::write_datum(event, &mut out)?;
     Ok(out)
 }
 
