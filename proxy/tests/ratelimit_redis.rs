@@ -17,6 +17,15 @@ fn redis_url() -> String {
     std::env::var("TOLLGATE_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
 }
 
+/// A connection to the shared Redis, to look at what the scripts wrote.
+async fn redis_conn() -> redis::aio::MultiplexedConnection {
+    redis::Client::open(redis_url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
 fn unique(prefix: &str) -> String {
     let id = uuid::Uuid::now_v7().simple().to_string();
     format!("{prefix}_{}", &id[id.len() - 12..])
@@ -111,11 +120,7 @@ async fn requests_are_counted_once_and_refused_with_retry_after() {
         "{}",
         d.retry_after_ms
     );
-    let mut conn = redis::Client::open(redis_url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut conn = redis_conn().await;
     let keys = limit_keys(&prefix, LimitEntity::Key, "k");
     let total: i64 = conn.hget(&keys.minute, "R").await.unwrap();
     assert_eq!(total, 5, "refused requests are not counted");
@@ -158,11 +163,7 @@ async fn a_refusal_by_the_model_refunds_the_key() {
     ask(&l, &cat, 1, None).await.unwrap();
     let d = denial(ask(&l, &cat, 1, None).await);
     assert_eq!((d.metric, d.entity.as_str()), (Metric::Rpm, "model 'm'"));
-    let mut conn = redis::Client::open(redis_url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut conn = redis_conn().await;
     let keys = limit_keys(&prefix, LimitEntity::Key, "k");
     wait_until("refund", Duration::from_secs(5), async || {
         conn.hget::<_, _, i64>(&keys.minute, "R").await.unwrap() == 1
@@ -219,11 +220,7 @@ async fn lua_window_slides_without_edge_bursts() {
     ));
     let prefix = unique("rl");
     let keys = limit_keys(&prefix, LimitEntity::Key, "lua");
-    let mut conn = redis::Client::open(redis_url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut conn = redis_conn().await;
     let mut admitted: Vec<i64> = Vec::new();
     let mut refused = 0;
     let until = Instant::now() + Duration::from_millis(1_500);
@@ -289,11 +286,7 @@ async fn a_burst_of_settlements_is_batched_and_applied_exactly_once() {
         let a = ask(&l, &cat, 10, Some(90)).await.unwrap();
         permits.push(a.permit.unwrap());
     }
-    let mut conn = redis::Client::open(redis_url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut conn = redis_conn().await;
     let key = limit_keys(&prefix, LimitEntity::Key, "k");
     let model = limit_keys(&prefix, LimitEntity::Model, "m");
     assert_eq!(conn.zcard::<_, i64>(&key.leases).await.unwrap(), 300);
@@ -381,11 +374,7 @@ async fn concurrent_checks_are_batched_and_stay_exact() {
     println!("200 concurrent checks in {calls} calls");
     assert!(calls < 200, "{calls} calls for 200 requests: not batched");
 
-    let mut conn = redis::Client::open(redis_url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut conn = redis_conn().await;
     let key = limit_keys(&prefix, LimitEntity::Key, "k");
     let model = limit_keys(&prefix, LimitEntity::Model, "m");
     assert_eq!(conn.hget::<_, _, i64>(&key.minute, "R").await.unwrap(), 120);

@@ -107,7 +107,7 @@ impl RateHeaders {
         let mut set = |name: &'static str, v: HeaderValue| {
             h.insert(HeaderName::from_static(name), v);
         };
-        let reset = |ms: u64| HeaderValue::from_maybe_shared(bytes::Bytes::from(human(ms)));
+        let reset = |ms: u64| HeaderValue::try_from(human(ms));
         if let Some(q) = self.requests {
             set("x-ratelimit-limit-requests", q.limit.into());
             set("x-ratelimit-remaining-requests", q.remaining.into());

@@ -27,22 +27,10 @@ pub(super) fn write_datum(event: &UsageEvent, out: &mut Vec<u8>) -> Result<(), E
     string(out, &event.endpoint);
     boolean(out, event.stream);
     long(out, i64::from(event.status_code));
-    match &event.error_type {
-        None => long(out, 0),
-        Some(s) => {
-            long(out, 1);
-            string(out, s);
-        }
-    }
+    optional(out, event.error_type.as_deref(), string);
     long(out, event.latency_us);
     long(out, event.upstream_latency_us);
-    match event.ttft_us {
-        None => long(out, 0),
-        Some(n) => {
-            long(out, 1);
-            long(out, n);
-        }
-    }
+    optional(out, event.ttft_us, long);
     long(out, event.prompt_tokens);
     long(out, event.completion_tokens);
     long(out, event.cached_tokens);
@@ -69,6 +57,17 @@ fn long(out: &mut Vec<u8>, n: i64) {
         z >>= 7;
     }
     out.push(z as u8);
+}
+
+/// A `["null", T]` union: branch 0 for none, else branch 1 and the value.
+fn optional<T>(out: &mut Vec<u8>, v: Option<T>, write: fn(&mut Vec<u8>, T)) {
+    match v {
+        None => long(out, 0),
+        Some(v) => {
+            long(out, 1);
+            write(out, v);
+        }
+    }
 }
 
 fn boolean(out: &mut Vec<u8>, b: bool) {
