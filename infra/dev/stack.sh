@@ -20,6 +20,9 @@ REDIS_PORT=${TOLLGATE_REDIS_PORT:-6379}
 CH_HTTP_PORT=${TOLLGATE_CLICKHOUSE_HTTP_PORT:-8123}
 CH_TCP_PORT=${TOLLGATE_CLICKHOUSE_TCP_PORT:-9000}
 KAFKA_PORT=${TOLLGATE_KAFKA_PORT:-9092}
+# Tansu's storage: sqlite (default: topics and committed offsets survive a restart) or memory
+# (gone with the process; `make bench` uses it for its throwaway broker, see docs/benchmarks.md).
+KAFKA_STORAGE=${TOLLGATE_KAFKA_STORAGE:-sqlite}
 PROM_PORT=${TOLLGATE_PROMETHEUS_PORT:-9090}
 TIMEOUT=${TOLLGATE_STACK_TIMEOUT:-60}
 
@@ -239,8 +242,13 @@ healthy_clickhouse() {
 # ----------------------------------------------------------- kafka/tansu ----
 
 start_kafka() {
-  local dir=$STATE_DIR/tansu bin
+  local dir=$STATE_DIR/tansu bin engine
   bin=$(tansu_bin) || die "tansu not found on PATH or in ~/.cargo/bin; run: $0 install"
+  case $KAFKA_STORAGE in
+    sqlite) engine="sqlite://$dir/tansu.db" ;;
+    memory) engine="memory://tansu/" ;;
+    *) die "TOLLGATE_KAFKA_STORAGE='$KAFKA_STORAGE': use sqlite (durable, the default) or memory" ;;
+  esac
   [[ $dir =~ ^[A-Za-z0-9._/+-]+$ ]] ||
     die "state dir '$STATE_DIR' has characters that break Tansu's sqlite:// URL; use a plain path"
   mkdir -p "$dir"
@@ -250,7 +258,7 @@ start_kafka() {
     "$bin" broker \
     --listener-url "tcp://$HOST:$KAFKA_PORT" \
     --advertised-listener-url "tcp://$HOST:$KAFKA_PORT" \
-    --storage-engine "sqlite://$dir/tansu.db"
+    --storage-engine "$engine"
 }
 
 healthy_kafka() {

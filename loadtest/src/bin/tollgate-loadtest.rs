@@ -185,6 +185,10 @@ struct BenchArgs {
     /// Directory of the release binaries (overrides the plan's `bin_dir`).
     #[arg(long)]
     bin_dir: Option<PathBuf>,
+    /// Storage engine of the plan's Kafka broker (Tansu), named in the report (`make bench`
+    /// passes the one it started).
+    #[arg(long, value_parser = ["memory", "sqlite"])]
+    kafka_storage: Option<String>,
     /// No progress bars.
     #[arg(long)]
     no_progress: bool,
@@ -507,6 +511,7 @@ async fn bench_cmd(args: BenchArgs) -> anyhow::Result<ExitCode> {
         out_dir: args.out,
         log_dir: args.log_dir,
         bin_dir: args.bin_dir,
+        kafka_storage: args.kafka_storage,
         progress: !args.no_progress,
     };
     let (report, md) = run_bench(&opts).await?;

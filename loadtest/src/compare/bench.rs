@@ -149,6 +149,10 @@ pub struct CompareSpec {
     /// Overrides the scenario's `warmup_secs`.
     #[serde(default)]
     pub warmup_secs: Option<f64>,
+    /// Then the same comparison, at the same load, through the features-off proxy
+    /// (`bare_proxy`): what the extra hop alone adds on this machine.
+    #[serde(default)]
+    pub features_off: bool,
 }
 
 /// Many open streams through the proxy, for its memory.
@@ -244,6 +248,8 @@ pub struct BenchOptions {
     pub log_dir: PathBuf,
     /// Overrides the plan's `bin_dir`.
     pub bin_dir: Option<PathBuf>,
+    /// Storage engine of the Kafka broker, for the report.
+    pub kafka_storage: Option<String>,
     /// Draw progress bars.
     pub progress: bool,
 }
@@ -388,6 +394,12 @@ fn load_scenarios<'p>(plan: &'p BenchPlan, base: &Path) -> anyhow::Result<Loaded
     };
     let mut compares = Vec::new();
     for c in &plan.compare {
+        if c.features_off && plan.bare_proxy.is_none() {
+            anyhow::bail!(
+                "compare {}: features_off needs a bare_proxy to compare with",
+                c.scenario.display()
+            );
+        }
         let s = overridden(load(&c.scenario)?, c.duration_secs, c.warmup_secs)?;
         compares.push((c, s, plan.mock(&c.mock)?));
     }
@@ -537,8 +549,9 @@ async fn compare_phase(
     spec: &CompareSpec,
     scenario: &Scenario,
     mock: &MockSpec,
-    proxy_pid: Option<u32>,
+    pids: [Option<u32>; 2],
 ) -> anyhow::Result<Comparison> {
+    let [proxy_pid, bare_pid] = pids;
     let sides = sides(ctx.plan, mock, proxy_pid)?;
     let mut scenario = scenario.clone();
     let mut sat = None;
@@ -574,6 +587,31 @@ async fn compare_phase(
         c.added_latency.p50_ms, c.added_latency.p99_ms, c.added_ttft.p50_ms
     );
     c.saturation = sat;
+    if let (true, Some(bare)) = (spec.features_off, &sides.bare) {
+        eprintln!(
+            "compare {} through the features-off proxy: {}",
+            scenario.name,
+            scenario.load_label()
+        );
+        let off_sides = Sides {
+            direct: sides.direct.clone(),
+            proxy: bare.clone(),
+            bare: None,
+            proxy_pid: bare_pid,
+        };
+        let bar = progress_bar(
+            (scenario.duration() + scenario.warmup()) * 2,
+            &format!("{} (features off)", scenario.name),
+            ctx.progress,
+        );
+        let off = compare_scenario(&scenario, &off_sides, slice, ctx.run_id, &bar).await?;
+        bar.finish_and_clear();
+        eprintln!(
+            "  features off: added latency p50 {:.3} ms p99 {:.3} ms",
+            off.added_latency.p50_ms, off.added_latency.p99_ms
+        );
+        c.features_off = Some(Box::new(off));
+    }
     Ok(c)
 }
 
@@ -597,19 +635,43 @@ pub fn usage_metrics(text: &str) -> BTreeMap<String, f64> {
     out
 }
 
-/// Scrapes the proxy's usage metrics and stops it (gracefully).
+/// Whether every submitted event has an outcome (published, spooled or dropped): the last
+/// events of a phase wait up to the producer's linger in its queue.
+pub fn usage_settled(m: &BTreeMap<String, f64>) -> bool {
+    let get = |k: &str| m.get(&format!("tollgate_usage_{k}")).copied();
+    let Some(submitted) = get("events_submitted_total") else {
+        return true;
+    };
+    let done: f64 = ["published", "spooled", "dropped"]
+        .iter()
+        .filter_map(|k| get(&format!("events_{k}_total")))
+        .sum();
+    done >= submitted
+}
+
+/// Scrapes the proxy's usage metrics once the events of the last phase have an outcome (up
+/// to 10 s), then stops it (gracefully).
 async fn stop_proxy(ctx: &Ctx<'_>, proxy: Service, metrics: &mut Vec<ProxyUsage>) {
     let url = format!("{}/metrics", ctx.plan.proxy_url.trim_end_matches('/'));
-    let text = match reqwest::Client::builder().no_proxy().build() {
-        Ok(c) => match c.get(&url).send().await {
-            Ok(r) => r.text().await.unwrap_or_default(),
-            Err(_) => String::new(),
-        },
-        Err(_) => String::new(),
-    };
+    let client = reqwest::Client::builder().no_proxy().build().ok();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut usage = BTreeMap::new();
+    if let Some(c) = client {
+        loop {
+            let text = match c.get(&url).send().await {
+                Ok(r) => r.text().await.unwrap_or_default(),
+                Err(_) => String::new(),
+            };
+            usage = usage_metrics(&text);
+            if usage_settled(&usage) || Instant::now() >= deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
     metrics.push(ProxyUsage {
         instance: proxy.name.clone(),
-        metrics: usage_metrics(&text),
+        metrics: usage,
     });
     proxy.stop(GRACE).await;
 }
@@ -747,8 +809,11 @@ async fn phases(
 ) -> anyhow::Result<PhaseResults> {
     let mut comparisons = Vec::new();
     for (spec, scenario, mock) in &loaded.compares {
-        let pid = services.proxy.as_ref().and_then(Service::pid);
-        comparisons.push(compare_phase(ctx, spec, scenario, mock, pid).await?);
+        let pids = [
+            services.proxy.as_ref().and_then(Service::pid),
+            services.bare.as_ref().and_then(Service::pid),
+        ];
+        comparisons.push(compare_phase(ctx, spec, scenario, mock, pids).await?);
     }
     let cpu = match &loaded.cpu {
         Some(scenario) => Some(cpu_phase(ctx, scenario, services).await?),
@@ -831,6 +896,7 @@ pub async fn run_bench(opts: &BenchOptions) -> anyhow::Result<(BenchReport, Path
         verification,
         checks: plan.compare.iter().map(|c| c.checks.clone()).collect(),
         proxy_usage: usage,
+        kafka_storage: opts.kafka_storage.clone(),
     };
     let md = report.write(&opts.out_dir, &stamp)?;
     Ok((report, md))
@@ -875,6 +941,27 @@ mod tests {
         assert_eq!(m.len(), 2);
         assert_eq!(m["tollgate_usage_events_published_total"], 7.0);
         assert_eq!(m["tollgate_usage_events_spooled_total"], 5.0);
+    }
+
+    #[test]
+    fn usage_settles_when_every_event_has_an_outcome() {
+        let m = |pairs: &[(&str, f64)]| {
+            pairs
+                .iter()
+                .map(|(k, v)| (format!("tollgate_usage_events_{k}_total"), *v))
+                .collect::<BTreeMap<_, _>>()
+        };
+        assert!(!usage_settled(&m(&[
+            ("submitted", 10.0),
+            ("published", 7.0)
+        ])));
+        assert!(usage_settled(&m(&[
+            ("submitted", 10.0),
+            ("published", 7.0),
+            ("spooled", 2.0),
+            ("dropped", 1.0)
+        ])));
+        assert!(usage_settled(&m(&[])), "no publisher: nothing to wait for");
     }
 
     #[test]

@@ -72,6 +72,9 @@ pub struct Comparison {
     pub proxy_memory: Option<ProxyMemory>,
     /// Saturation ramp that set the rate, if any.
     pub saturation: Option<ramp::Saturation>,
+    /// The same comparison through the features-off proxy (its `proxy` side), when asked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub features_off: Option<Box<Comparison>>,
 }
 
 /// Which side a slice runs.
@@ -209,6 +212,7 @@ pub async fn compare_scenario(
         proxy_cpu_ms_per_request: cpu.ms_per_request(),
         proxy_memory,
         saturation: None,
+        features_off: None,
     })
 }
 

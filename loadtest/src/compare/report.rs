@@ -128,6 +128,9 @@ pub struct BenchReport {
     pub checks: Vec<Vec<Check>>,
     /// Usage-publisher metrics of each proxy instance at its stop.
     pub proxy_usage: Vec<ProxyUsage>,
+    /// Storage engine of the Kafka broker (Tansu), when known.
+    #[serde(default)]
+    pub kafka_storage: Option<String>,
 }
 
 impl Default for Targets {
@@ -282,6 +285,20 @@ impl BenchReport {
              run_id `{}`.\n",
             m.cpus, m.cpu_model, m.kernel, self.run_id
         );
+        match self.kafka_storage.as_deref() {
+            Some("memory") => out.push_str(
+                "Kafka broker: a throwaway Tansu with its `memory` storage engine (its `sqlite` \
+                 engine parses and plans SQL for every record, a cost a Kafka broker does not \
+                 have; `make bench BENCH_KAFKA_STORAGE=sqlite` measures with it).\n\n",
+            ),
+            Some(engine) => {
+                let _ = writeln!(
+                    out,
+                    "Kafka broker: Tansu with its `{engine}` storage engine.\n"
+                );
+            }
+            None => {}
+        }
         out.push_str("## Targets\n\n| target | goal | measured | met |\n|---|---|---|---|\n");
         for r in self.target_rows() {
             let met = match r.met {
@@ -290,6 +307,17 @@ impl BenchReport {
                 None => "-",
             };
             let _ = writeln!(out, "| {} | {} | {} | {met} |", r.what, r.goal, r.measured);
+        }
+        if let Some((c, off)) = self
+            .checked(Check::AddedLatency)
+            .and_then(|c| c.features_off.as_deref().map(|off| (c, off)))
+        {
+            let _ = writeln!(
+                out,
+                "\nThe hop alone: at the same load ({}, {}) the features-off proxy adds p50 {:.3} ms, \
+                 p99 {:.3} ms (metering, rate limits and budgets add the rest).",
+                c.scenario, c.load, off.added_latency.p50_ms, off.added_latency.p99_ms
+            );
         }
 
         for c in &self.comparisons {
@@ -337,7 +365,11 @@ impl BenchReport {
              | p90 | p99 | p99.9 | added TTFT p50 ms | TTFT p99 | proxy CPU ms/request |\n\
              |---|---|---:|---:|---:|---:|---:|---:|---:|\n",
         );
-        for c in &self.comparisons {
+        let rows = self.comparisons.iter().flat_map(|c| {
+            std::iter::once((c, ""))
+                .chain(c.features_off.as_deref().map(|o| (o, " (features off)")))
+        });
+        for (c, which) in rows {
             let (a, t) = (&c.added_latency, &c.added_ttft);
             let streams = c.proxy.ttft.count > 0;
             let tt = |v: f64| {
@@ -352,7 +384,7 @@ impl BenchReport {
                 .map_or("-".to_owned(), |v| format!("{v:.3}"));
             let _ = writeln!(
                 out,
-                "| {} | {} | {:.3} | {:.3} | {:.3} | {:.3} | {} | {} | {cpu} |",
+                "| {}{which} | {} | {:.3} | {:.3} | {:.3} | {:.3} | {} | {} | {cpu} |",
                 c.scenario,
                 c.load,
                 a.p50_ms,
@@ -406,8 +438,9 @@ impl BenchReport {
         }
         if !self.proxy_usage.is_empty() {
             out.push_str(
-                "\nProxy usage publisher at stop (`tollgate_usage_*`; events still spooled are \
-                 replayed by the next start, so they count as missing above):\n\n\
+                "\nProxy usage publisher before its stop, once every event had an outcome or \
+                 after 10 s (`tollgate_usage_*`; events still spooled are replayed by the next \
+                 start, so they count as missing above):\n\n\
                  | instance | submitted | published | spooled | replayed | dropped | spool events \
                  |\n|---|---:|---:|---:|---:|---:|---:|\n",
             );
@@ -438,7 +471,11 @@ impl BenchReport {
     pub fn chart_runs(&self) -> Vec<&RunSummary> {
         self.comparisons
             .iter()
-            .flat_map(|c| [&c.direct, &c.proxy])
+            .flat_map(|c| {
+                [&c.direct, &c.proxy]
+                    .into_iter()
+                    .chain(c.features_off.as_deref().map(|o| &o.proxy))
+            })
             .collect()
     }
 
@@ -539,9 +576,53 @@ mod tests {
             rows[1]
         );
         let md = report.markdown();
+        assert!(!md.contains("Kafka broker:"), "engine unknown: not named");
         assert!(md.contains("| added latency p99 vs direct, half saturation | ≤ 1 ms | 1.500 ms"));
         assert!(md.contains("| not measured | - |"));
         assert!(md.contains("0 lost, 1 duplicated of 10"));
+    }
+
+    #[test]
+    fn features_off_comparison_and_broker_are_reported() {
+        let mut off = Comparison {
+            scenario: "plain".into(),
+            load: "open 100 req/s".into(),
+            added_latency: Added {
+                p50_ms: 0.123,
+                p99_ms: 0.456,
+                ..Added::default()
+            },
+            ..Comparison::default()
+        };
+        off.proxy.target = "proxy-off".into();
+        let full = Comparison {
+            features_off: Some(Box::new(off)),
+            ..Comparison {
+                scenario: "plain".into(),
+                load: "open 100 req/s".into(),
+                ..Comparison::default()
+            }
+        };
+        let report = BenchReport {
+            comparisons: vec![full],
+            checks: vec![vec![Check::AddedLatency]],
+            kafka_storage: Some("memory".into()),
+            ..BenchReport::default()
+        };
+        let md = report.markdown();
+        assert!(md.contains("Kafka broker: a throwaway Tansu with its `memory` storage engine"));
+        assert!(
+            md.contains("the features-off proxy adds p50 0.123 ms, p99 0.456 ms"),
+            "{md}"
+        );
+        assert!(md.contains("| plain (features off) | open 100 req/s | 0.123 |"));
+        let targets: Vec<&str> = report
+            .chart_runs()
+            .iter()
+            .map(|r| r.target.as_str())
+            .collect();
+        assert_eq!(targets.len(), 3);
+        assert_eq!(targets[2], "proxy-off");
     }
 
     #[test]
