@@ -13,23 +13,8 @@ use tollgate_proxy::usage::Tokens;
 use tollgate_proxy::ProxyConfig;
 use tollgate_schemas::redis_keys::{limit_keys, LimitEntity};
 
-fn redis_url() -> String {
-    std::env::var("TOLLGATE_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
-}
-
-/// A connection to the shared Redis, to look at what the scripts wrote.
-async fn redis_conn() -> redis::aio::MultiplexedConnection {
-    redis::Client::open(redis_url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap()
-}
-
-fn unique(prefix: &str) -> String {
-    let id = uuid::Uuid::now_v7().simple().to_string();
-    format!("{prefix}_{}", &id[id.len() - 12..])
-}
+mod ratelimit_support;
+use ratelimit_support::{redis_conn, redis_url, unique};
 
 /// A catalog with one key and one model carrying the given `rate_limit` YAML (or none).
 fn catalog(key_limit: &str, model_limit: &str) -> Arc<Catalog> {

@@ -573,45 +573,46 @@ async fn compare_phase(
         scenario.rate = Some((s.proxy_rps * f).max(1.0).round());
         sat = Some(s);
     }
-    eprintln!("compare {}: {}", scenario.name, scenario.load_label());
-    let bar = progress_bar(
-        (scenario.duration() + scenario.warmup()) * 2,
-        &scenario.name,
-        ctx.progress,
-    );
-    let slice = Duration::try_from_secs_f64(ctx.plan.slice_secs).context("slice_secs")?;
-    let mut c = compare_scenario(&scenario, &sides, slice, ctx.run_id, &bar).await?;
-    bar.finish_and_clear();
-    eprintln!(
-        "  added latency p50 {:.3} ms p99 {:.3} ms; added TTFT p50 {:.3} ms",
-        c.added_latency.p50_ms, c.added_latency.p99_ms, c.added_ttft.p50_ms
-    );
+    let mut c = interleaved(ctx, &scenario, &sides, "").await?;
     c.saturation = sat;
     if let (true, Some(bare)) = (spec.features_off, &sides.bare) {
-        eprintln!(
-            "compare {} through the features-off proxy: {}",
-            scenario.name,
-            scenario.load_label()
-        );
         let off_sides = Sides {
             direct: sides.direct.clone(),
             proxy: bare.clone(),
             bare: None,
             proxy_pid: bare_pid,
         };
-        let bar = progress_bar(
-            (scenario.duration() + scenario.warmup()) * 2,
-            &format!("{} (features off)", scenario.name),
-            ctx.progress,
-        );
-        let off = compare_scenario(&scenario, &off_sides, slice, ctx.run_id, &bar).await?;
-        bar.finish_and_clear();
-        eprintln!(
-            "  features off: added latency p50 {:.3} ms p99 {:.3} ms",
-            off.added_latency.p50_ms, off.added_latency.p99_ms
-        );
+        let off = interleaved(ctx, &scenario, &off_sides, " (features off)").await?;
         c.features_off = Some(Box::new(off));
     }
+    Ok(c)
+}
+
+/// One interleaved comparison of `sides` with its progress bar; `which` tells the proxy side
+/// apart in the output.
+async fn interleaved(
+    ctx: &Ctx<'_>,
+    scenario: &Scenario,
+    sides: &Sides,
+    which: &str,
+) -> anyhow::Result<Comparison> {
+    eprintln!(
+        "compare {}{which}: {}",
+        scenario.name,
+        scenario.load_label()
+    );
+    let bar = progress_bar(
+        (scenario.duration() + scenario.warmup()) * 2,
+        &format!("{}{which}", scenario.name),
+        ctx.progress,
+    );
+    let slice = Duration::try_from_secs_f64(ctx.plan.slice_secs).context("slice_secs")?;
+    let c = compare_scenario(scenario, sides, slice, ctx.run_id, &bar).await?;
+    bar.finish_and_clear();
+    eprintln!(
+        "  added latency p50 {:.3} ms p99 {:.3} ms; added TTFT p50 {:.3} ms",
+        c.added_latency.p50_ms, c.added_latency.p99_ms, c.added_ttft.p50_ms
+    );
     Ok(c)
 }
 

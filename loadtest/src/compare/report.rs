@@ -529,18 +529,23 @@ mod tests {
     use crate::loadgen::recorder::{Added, Percentiles};
     use crate::verify::RowCounts;
 
-    #[test]
-    fn targets_are_judged_and_printed() {
-        let comparison = Comparison {
+    /// A comparison of scenario "plain" at 100 req/s with the given added p50 and p99.
+    fn plain(p50_ms: f64, p99_ms: f64) -> Comparison {
+        Comparison {
             scenario: "plain".into(),
             load: "open 100 req/s".into(),
             added_latency: Added {
-                p50_ms: 0.2,
-                p99_ms: 1.5,
+                p50_ms,
+                p99_ms,
                 ..Added::default()
             },
             ..Comparison::default()
-        };
+        }
+    }
+
+    #[test]
+    fn targets_are_judged_and_printed() {
+        let comparison = plain(0.2, 1.5);
         let mut stream = comparison.clone();
         stream.scenario = "stream".into();
         stream.added_ttft.p50_ms = 0.1;
@@ -584,24 +589,11 @@ mod tests {
 
     #[test]
     fn features_off_comparison_and_broker_are_reported() {
-        let mut off = Comparison {
-            scenario: "plain".into(),
-            load: "open 100 req/s".into(),
-            added_latency: Added {
-                p50_ms: 0.123,
-                p99_ms: 0.456,
-                ..Added::default()
-            },
-            ..Comparison::default()
-        };
+        let mut off = plain(0.123, 0.456);
         off.proxy.target = "proxy-off".into();
         let full = Comparison {
             features_off: Some(Box::new(off)),
-            ..Comparison {
-                scenario: "plain".into(),
-                load: "open 100 req/s".into(),
-                ..Comparison::default()
-            }
+            ..plain(0.0, 0.0)
         };
         let report = BenchReport {
             comparisons: vec![full],
