@@ -166,7 +166,7 @@ limits: {{backend: redis, redis_url: "{redis}", prefix: bench_{run}}}
     }
     println!("the decision alone (Limiter::acquire: one EVALSHA round trip to Redis):");
     summary("acquire", decisions);
-    limiter.shutdown();
+    limiter.shutdown().await;
     proxy.shutdown().await;
     mock.shutdown().await;
     Ok(())

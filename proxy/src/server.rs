@@ -175,7 +175,7 @@ impl ProxyHandle {
                 server.abort();
             }
         }
-        self.limits.shutdown();
+        self.limits.shutdown().await;
         self.budgets.shutdown();
         if let Some(admin) = self.admin {
             admin.shutdown().await;

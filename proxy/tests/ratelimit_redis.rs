@@ -7,65 +7,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use redis::AsyncCommands;
-use tollgate_proxy::limits::{Ask, LimitError, Limiter, LimitsConfig, Metric};
-use tollgate_proxy::routing::Catalog;
+use tollgate_proxy::limits::{LimitError, Metric};
 use tollgate_proxy::usage::Tokens;
-use tollgate_proxy::ProxyConfig;
 use tollgate_schemas::redis_keys::{limit_keys, LimitEntity};
 
 mod ratelimit_support;
-use ratelimit_support::{redis_conn, redis_url, unique};
-
-/// A catalog with one key and one model carrying the given `rate_limit` YAML (or none).
-fn catalog(key_limit: &str, model_limit: &str) -> Arc<Catalog> {
-    let rl = |l: &str| {
-        if l.is_empty() {
-            String::new()
-        } else {
-            format!(", rate_limit: {l}")
-        }
-    };
-    let yaml = format!(
-        "models:\n  - {{name: m, base_url: 'http://127.0.0.1:9/v1'{}}}\napi_keys:\n  - {{id: k, secret: sk-limits-1234, account_id: a{}}}\nkafka: {{brokers: 'x:1'}}\n",
-        rl(model_limit),
-        rl(key_limit)
-    );
-    let cfg = ProxyConfig::from_yaml(&yaml, "t").unwrap();
-    cfg.validate().unwrap();
-    Arc::new(Catalog::build(
-        &cfg.models,
-        &cfg.api_keys,
-        &cfg.accounts,
-        0,
-        |_| None,
-    ))
-}
-
-fn limiter(prefix: &str, lease_secs: u64) -> Limiter {
-    let cfg: LimitsConfig = serde_yaml::from_str(&format!(
-        "{{backend: redis, redis_url: '{}', prefix: {prefix}, lease_secs: {lease_secs}, timeout_ms: 2000}}",
-        redis_url()
-    ))
-    .unwrap();
-    Limiter::start(&cfg, None).unwrap()
-}
-
-async fn ask(
-    l: &Limiter,
-    cat: &Catalog,
-    prompt: i64,
-    max: Option<i64>,
-) -> Result<tollgate_proxy::limits::Admission, LimitError> {
-    let key = cat.key_for_secret("sk-limits-1234").unwrap();
-    let model = cat.model("m").unwrap();
-    l.acquire(&Ask {
-        key: &key,
-        model: &model,
-        prompt_tokens: prompt,
-        max_completion_tokens: max,
-    })
-    .await
-}
+use ratelimit_support::{ask, catalog, limiter, limiter_with, redis_conn, unique, wait_until};
 
 fn denial(
     r: Result<tollgate_proxy::limits::Admission, LimitError>,
@@ -73,14 +20,6 @@ fn denial(
     match r {
         Err(LimitError::Denied(d)) => *d,
         other => panic!("expected a denial, got {other:?}"),
-    }
-}
-
-async fn wait_until(what: &str, timeout: Duration, mut f: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !f().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -111,7 +50,7 @@ async fn requests_are_counted_once_and_refused_with_retry_after() {
     assert_eq!(total, 5, "refused requests are not counted");
     let ttl: i64 = conn.pttl(&keys.day).await.unwrap();
     assert!(ttl > 86_000_000, "day window expires after a day: {ttl}");
-    l.shutdown();
+    l.shutdown().await;
 }
 
 #[tokio::test]
@@ -137,7 +76,7 @@ async fn tokens_are_reserved_then_settled_with_real_usage() {
     .await;
     let a = ask(&l, &cat, 1, Some(1)).await.unwrap();
     assert_eq!(a.headers.tokens.unwrap().remaining, 1000 - 300 - 300 - 2);
-    l.shutdown();
+    l.shutdown().await;
 }
 
 #[tokio::test]
@@ -154,7 +93,7 @@ async fn a_refusal_by_the_model_refunds_the_key() {
         conn.hget::<_, _, i64>(&keys.minute, "R").await.unwrap() == 1
     })
     .await;
-    l.shutdown();
+    l.shutdown().await;
 }
 
 #[tokio::test]
@@ -183,7 +122,7 @@ async fn leases_are_released_by_permits_and_expire_when_abandoned() {
     // Two leases are now held but never settled (forgotten): once this proxy stops renewing
     // (as a crashed one would), they expire within the lease time.
     std::mem::forget(b.permit);
-    l.shutdown();
+    l.shutdown().await;
     let stopped = Instant::now();
     wait_until("expiry", Duration::from_secs(5), async || {
         ask(&l, &cat, 1, None).await.is_ok()
@@ -215,14 +154,14 @@ async fn lua_window_slides_without_edge_bursts() {
             .key(&keys.day)
             .key(&keys.leases)
             .arg(1_000)
-            .arg(&[20, 5, 300_000, 288][..])
+            .arg(&[20, 5, 300_000, 288, 16][..])
             .arg("")
-            .arg(&[3, 0, 0, 0, 0, 0][..])
+            .arg(&[3, 0, 0, 0, 0, 0, 0, 0, 0][..])
             .invoke_async(&mut conn)
             .await
             .unwrap();
         let row: Vec<i64> = row.split(',').map(|v| v.parse().unwrap()).collect();
-        assert_eq!(row.len(), 12);
+        assert_eq!(row.len(), 16);
         if row[0] == 1 {
             admitted.push(row[3]);
         } else {
@@ -257,11 +196,12 @@ async fn lua_window_slides_without_edge_bursts() {
 }
 
 /// 300 requests of two entities finishing at once: the settle batcher corrects them in a few
-/// calls, and every token returned and every lease released arrives exactly once.
+/// calls, and every token returned and every lease released arrives exactly once. (Quota
+/// slices off: every request is counted by its own call.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_of_settlements_is_batched_and_applied_exactly_once() {
     let prefix = unique("rl");
-    let l = limiter(&prefix, 30);
+    let l = limiter_with(&prefix, 30, false);
     let cat = catalog(
         "{tpm: 1000000, concurrency: 1000}",
         "{rpm: 100000, concurrency: 1000}",
@@ -303,7 +243,7 @@ async fn a_burst_of_settlements_is_batched_and_applied_exactly_once() {
         300
     );
     assert_eq!(l.leases_held(), 0);
-    l.shutdown();
+    l.shutdown().await;
 }
 
 /// 200 requests at once against a key allowing 120 in flight: the proxy checks them in a few
@@ -373,5 +313,5 @@ async fn concurrent_checks_are_batched_and_stay_exact() {
         conn.zcard::<_, i64>(&key.leases).await.unwrap() == 0
     })
     .await;
-    l.shutdown();
+    l.shutdown().await;
 }

@@ -242,7 +242,7 @@ async fn rate_limit_decisions_are_shared_on_the_cluster() -> anyhow::Result<()> 
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     for l in [p1, p2, l] {
-        l.shutdown();
+        l.shutdown().await;
     }
     Ok(())
 }

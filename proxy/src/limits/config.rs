@@ -53,6 +53,14 @@ pub struct LimitsConfig {
     /// Redis Cluster mode for the counters (also implied by a comma-separated node list).
     #[serde(default)]
     pub cluster: bool,
+    /// Quota slices: a key or model sending this proxy at least 16 requests a second reserves
+    /// part of its quota in Redis ahead of demand and is admitted locally
+    /// (`docs/rate-limits.md`); `false`: one Redis round trip per request.
+    #[serde(default = "defaults::slices")]
+    pub slices: bool,
+    /// A slice takes at most `1 / slice_share` of what is left of a limit.
+    #[serde(default = "defaults::slice_share")]
+    pub slice_share: u32,
 }
 
 mod defaults {
@@ -64,6 +72,12 @@ mod defaults {
     }
     pub fn timeout_ms() -> u64 {
         250
+    }
+    pub fn slices() -> bool {
+        true
+    }
+    pub fn slice_share() -> u32 {
+        16
     }
 }
 
@@ -77,6 +91,8 @@ impl Default for LimitsConfig {
             prefix: defaults::prefix(),
             timeout_ms: defaults::timeout_ms(),
             cluster: false,
+            slices: defaults::slices(),
+            slice_share: defaults::slice_share(),
         }
     }
 }
@@ -120,6 +136,12 @@ impl LimitsConfig {
         if !(1..=10_000).contains(&self.timeout_ms) {
             return Err(FieldError::new("timeout_ms", "must be between 1 and 10000"));
         }
+        if !(2..=1_000).contains(&self.slice_share) {
+            return Err(FieldError::new(
+                "slice_share",
+                "must be between 2 and 1000 (a slice takes 1/slice_share of what is left)",
+            ));
+        }
         Ok(())
     }
 }
@@ -158,6 +180,8 @@ mod tests {
         assert_eq!(c.validate(None).unwrap_err().field, "redis_url");
         let c = parse("{lease_secs: 0}");
         assert_eq!(c.validate(None).unwrap_err().field, "lease_secs");
+        let c = parse("{slice_share: 1}");
+        assert_eq!(c.validate(None).unwrap_err().field, "slice_share");
         let c = parse("{prefix: 'a{b}'}");
         assert_eq!(c.validate(None).unwrap_err().field, "prefix");
         assert!(serde_yaml::from_str::<LimitsConfig>("{failure_mode: maybe}").is_err());

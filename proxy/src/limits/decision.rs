@@ -183,6 +183,8 @@ pub struct Checked {
     pub minute_bucket: i64,
     /// Day bucket the request was counted in.
     pub day_bucket: i64,
+    /// Admitted on a concurrency slot of this proxy's slice (no lease of its own).
+    pub pooled: bool,
 }
 
 /// Tokens a reservation must fit: at least 1 (the window must not be full), at most the

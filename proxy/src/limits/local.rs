@@ -131,6 +131,7 @@ impl LocalLimiter {
                 usage: c.usage(now),
                 minute_bucket: MINUTE.index(now),
                 day_bucket: DAY.index(now),
+                pooled: false,
             });
         }
         if out.iter().any(|c| c.denied.is_some()) {

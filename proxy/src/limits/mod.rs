@@ -4,7 +4,8 @@
 //! - [`window`]: the sliding window (no 2× bursts at window edges).
 //! - [`decision`]: targets (key, model), metrics and the admission rule.
 //! - [`local`]: in-process counters; [`redis`]: shared counters (Lua, Redis time, one round
-//!   trip per request); [`lease`]: concurrency leases and their renewal.
+//!   trip per request); [`slices`]: a busy entity's quota reserved ahead in Redis and handed
+//!   out locally; [`lease`]: concurrency leases and their renewal.
 //! - [`permit`]: what an admitted request holds until its `usage::Meter` settles it.
 //! - [`headers`]: `x-ratelimit-*` headers. See `docs/rate-limits.md`.
 
@@ -16,6 +17,7 @@ pub mod local;
 pub mod permit;
 pub mod redis;
 pub mod settle;
+pub mod slices;
 pub mod window;
 
 use std::sync::{Arc, Mutex};
@@ -104,6 +106,7 @@ struct Inner {
     redis: Option<Arc<RedisLimiter>>,
     failure_mode: FailureMode,
     renewer: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    sweeper: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl Default for Limiter {
@@ -121,6 +124,7 @@ impl Limiter {
                 redis: None,
                 failure_mode: FailureMode::Open,
                 renewer: Mutex::new(None),
+                sweeper: Mutex::new(None),
             }),
         }
     }
@@ -139,6 +143,7 @@ impl Limiter {
                     lease_ms,
                     Duration::from_millis(cfg.timeout_ms),
                     cfg.cluster,
+                    slices::Slices::new(cfg.slices, cfg.slice_share),
                 )
                 .map_err(|e| LimitStartError::Redis(e.category().to_string()))?;
                 Some(Arc::new(r))
@@ -148,27 +153,42 @@ impl Limiter {
         let renewer = redis
             .as_ref()
             .map(|r| lease::spawn_renewer(r.clone(), lease::renew_every(r.lease_ms())));
+        let sweeper = redis
+            .as_ref()
+            .filter(|_| cfg.slices)
+            .map(|r| spawn_sweeper(r.clone()));
         Ok(Self {
             inner: Arc::new(Inner {
                 local: Arc::new(LocalLimiter::new()),
                 redis,
                 failure_mode: cfg.failure_mode,
                 renewer: Mutex::new(renewer),
+                sweeper: Mutex::new(sweeper),
             }),
         })
     }
 
-    /// Stop renewing leases (after in-flight requests finished).
-    pub fn shutdown(&self) {
-        let task = self
-            .inner
-            .renewer
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
-        if let Some(t) = task {
-            t.abort();
+    /// Give back the quota slices and free slots this proxy holds, then stop renewing leases
+    /// (after in-flight requests finished).
+    pub async fn shutdown(&self) {
+        for task in [&self.inner.sweeper, &self.inner.renewer] {
+            let task = task.lock().unwrap_or_else(|p| p.into_inner()).take();
+            if let Some(t) = task {
+                t.abort();
+            }
         }
+        if let Some(r) = &self.inner.redis {
+            r.sweep(true).await;
+        }
+    }
+
+    /// Requests and concurrency slots this proxy holds in quota slices (0 for the local
+    /// backend).
+    pub fn slices_held(&self) -> (i64, usize) {
+        self.inner
+            .redis
+            .as_ref()
+            .map_or((0, 0), |r| r.slices().held())
     }
 
     /// Leases this proxy holds in Redis (0 for the local backend).
@@ -223,6 +243,9 @@ impl Limiter {
         lease: Option<&Arc<str>>,
     ) -> Result<(Vec<Checked>, Store, &'static str), LimitError> {
         if let Some(r) = &self.inner.redis {
+            if let Some(c) = r.from_slices(targets) {
+                return Ok((c, Store::Redis(r.clone()), "slice"));
+            }
             if r.available() {
                 match r.acquire(targets, lease).await {
                     Ok(c) => {
@@ -269,6 +292,7 @@ fn conclude(
             target: t.clone(),
             minute_bucket: c.minute_bucket,
             day_bucket: c.day_bucket,
+            pooled: c.pooled,
         })
         .collect();
     let refused = targets
@@ -283,13 +307,14 @@ fn conclude(
     };
     if let Store::Redis(_) = store {
         // Redis counted the targets that passed: undo them.
-        let refunds = held
-            .iter()
+        let passed: Vec<Held> = held
+            .into_iter()
             .zip(&checked)
             .filter(|(_, c)| c.denied.is_none())
-            .map(|(h, _)| h.refund())
+            .map(|(h, _)| h)
             .collect();
-        store.apply(refunds, lease);
+        store.apply(passed.iter().map(Held::refund).collect(), lease);
+        store.finished(&passed);
     }
     let limit = metric.limit_of(&t.limit).unwrap_or(0);
     let used = u64::try_from(metric.used_in(&c.usage)).unwrap_or(0);
@@ -301,4 +326,16 @@ fn conclude(
         retry_after_ms: c.retry_ms,
         headers,
     })))
+}
+
+/// Give back expired quota slices and idle slots every [`slices::SWEEP_EVERY`] until aborted.
+fn spawn_sweeper(redis: Arc<RedisLimiter>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(slices::SWEEP_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            redis.sweep(false).await;
+        }
+    })
 }

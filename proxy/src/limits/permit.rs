@@ -26,7 +26,27 @@ impl Store {
         }
         match self {
             Self::Local(l) => l.apply(&adjustments),
-            Self::Redis(r) => r.apply(adjustments, lease),
+            Self::Redis(r) => {
+                // Corrections in a quota slice's buckets stay in this process.
+                let mut adjustments = adjustments;
+                for a in &mut adjustments {
+                    r.slices().fold(a);
+                }
+                adjustments.retain(|a| !a.is_noop());
+                if !adjustments.is_empty() {
+                    r.apply(adjustments, lease);
+                }
+            }
+        }
+    }
+
+    /// Requests of `held` are over: their entities' in-flight counts (and slots) in this
+    /// proxy's quota slices go down.
+    pub(crate) fn finished(&self, held: &[Held]) {
+        if let Self::Redis(r) = self {
+            for h in held {
+                r.slices().release(&h.target, h.pooled);
+            }
         }
     }
 }
@@ -40,6 +60,8 @@ pub(crate) struct Held {
     pub minute_bucket: i64,
     /// Day bucket it was counted in.
     pub day_bucket: i64,
+    /// Admitted on a concurrency slot of this proxy's slice (freed here, not in Redis).
+    pub pooled: bool,
 }
 
 impl Held {
@@ -65,7 +87,7 @@ impl Held {
             day_bucket: self.day_bucket,
             requests,
             tokens,
-            release: self.target.leases(),
+            release: self.target.leases() && !self.pooled,
         }
     }
 }
@@ -101,6 +123,7 @@ impl Permit {
         }
         let adjustments = self.held.iter().map(|h| h.settlement(tokens)).collect();
         self.store.apply(adjustments, self.lease.clone());
+        self.store.finished(&self.held);
     }
 }
 

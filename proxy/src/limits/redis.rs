@@ -7,6 +7,8 @@
 //! Settlements and refunds go to a background batcher: what finishes within a few
 //! milliseconds (and while the previous batch was in flight) is merged per entity and bucket
 //! and corrected by one `settle.lua` call.
+//! A busy entity's acquire calls also reserve a quota slice, and its requests are then admitted
+//! from the slice in this process ([`super::slices`]).
 //! Scripts take the time from Redis (`TIME`), so proxies' clocks do not matter.
 //!
 //! On a Redis Cluster each entity's keys share a hash tag (one slot), but a request's entities
@@ -16,7 +18,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, OnceLock, RwLock, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -30,6 +32,7 @@ use super::headers::Usage;
 use super::lease::Leases;
 use super::local::{now_ms, Adjust};
 use super::settle::{coalesce, Correction, Settle};
+use super::slices::{Grant, Returns, Slices};
 use super::window::{DAY, MINUTE};
 
 static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
@@ -65,7 +68,7 @@ const SETTLE_LINGER: Duration = Duration::from_millis(5);
 /// settlements (`op="settle"`), like a settle call that failed.
 const SETTLE_QUEUE: usize = 16_384;
 /// Values per entity in an acquire reply.
-const ROW: usize = 12;
+const ROW: usize = 16;
 /// Most requests checked by one acquire call (at most two entities each).
 const ACQUIRE_BATCH: usize = 64;
 /// Requests waiting for the acquire batcher; beyond this, callers wait for room (bounded by
@@ -99,8 +102,9 @@ pub enum StoreFailure {
 struct Entry {
     keys: Arc<LimitKeys>,
     lease: Option<Arc<str>>,
-    /// rpm, rpd, tpm, tpd, concurrency (0 = no limit), reserved tokens.
-    args: [i64; 6],
+    /// rpm, rpd, tpm, tpd, concurrency (0 = no limit), reserved tokens, wanted slice
+    /// requests, tokens and slots.
+    args: [i64; 9],
 }
 
 /// Formatted Redis keys by entity.
@@ -128,6 +132,7 @@ pub struct RedisLimiter {
     acquire_tx: OnceLock<mpsc::Sender<AcquireJob>>,
     acquire_calls: AtomicU64,
     key_cache: RwLock<KeyCache>,
+    slices: Slices,
 }
 
 impl std::fmt::Debug for RedisLimiter {
@@ -146,13 +151,15 @@ fn is_noscript(e: &redis::RedisError) -> bool {
 
 impl RedisLimiter {
     /// A limiter on `url` (connects lazily and reconnects by itself). `cluster` (or a
-    /// comma-separated node list) selects Redis Cluster mode.
+    /// comma-separated node list) selects Redis Cluster mode; `slices` hands out busy
+    /// entities' quota locally.
     pub fn new(
         url: &str,
         prefix: &str,
         lease_ms: i64,
         timeout: Duration,
         cluster: bool,
+        slices: Slices,
     ) -> Result<Self, redis::RedisError> {
         let target = RedisTarget::parse(url, cluster)
             .map_err(|e| redis::RedisError::from((ErrorKind::InvalidClientConfig, "url", e.0)))?;
@@ -172,7 +179,64 @@ impl RedisLimiter {
             acquire_tx: OnceLock::new(),
             acquire_calls: AtomicU64::new(0),
             key_cache: RwLock::default(),
+            slices,
         })
+    }
+
+    /// Quota slices of this proxy.
+    pub fn slices(&self) -> &Slices {
+        &self.slices
+    }
+
+    /// Admit a request from its entities' quota slices, without a round trip, if they all
+    /// have room.
+    pub fn from_slices(&self, targets: &[Target]) -> Option<Vec<Checked>> {
+        self.slices.take(targets, Instant::now())
+    }
+
+    /// Give back expired slices and idle slots (`all`: everything not in use; awaited, at
+    /// shutdown).
+    pub async fn sweep(self: &Arc<Self>, all: bool) {
+        let returns = self.slices.sweep(Instant::now(), all);
+        if all {
+            let batch = self.returned(returns);
+            if let Err(e) = self.bounded(self.apply_now(&batch)).await {
+                metrics::counter!(tollgate_schemas::telemetry::RATELIMIT_BACKEND_ERRORS, "op" => "settle")
+                    .increment(1);
+                tracing::warn!(error = %e, "returning quota slices at shutdown failed");
+            }
+        } else {
+            for s in self.returned(returns) {
+                self.apply(s.adjustments, s.lease);
+            }
+        }
+    }
+
+    /// What slices give back, as settlements (slots also forgotten for renewal).
+    fn returned(&self, returns: Returns) -> Vec<Settle> {
+        let mut out: Vec<Settle> = returns
+            .refunds
+            .into_iter()
+            .map(|a| Settle {
+                adjustments: vec![a],
+                lease: None,
+            })
+            .collect();
+        for (target, id) in returns.slots {
+            self.leases.release(&self.keys(&target).leases, &id);
+            out.push(Settle {
+                adjustments: vec![Adjust {
+                    target,
+                    minute_bucket: 0,
+                    day_bucket: 0,
+                    requests: 0,
+                    tokens: 0,
+                    release: true,
+                }],
+                lease: Some(id),
+            });
+        }
+        out
     }
 
     /// Lease lifetime, ms.
@@ -302,11 +366,13 @@ impl RedisLimiter {
         targets: &[Target],
         lease: Option<&Arc<str>>,
     ) -> Result<Vec<Checked>, StoreFailure> {
+        let sent = Instant::now();
         let entries: Vec<Entry> = targets
             .iter()
             .map(|t| {
                 let l = &t.limit;
                 let v = |x: Option<u64>| i64::try_from(x.unwrap_or(0)).unwrap_or(i64::MAX);
+                let want = self.slices.want(t, sent);
                 Entry {
                     keys: self.keys(t),
                     lease: lease.cloned(),
@@ -317,6 +383,9 @@ impl RedisLimiter {
                         v(l.tpd),
                         v(l.concurrency),
                         t.reserve,
+                        want.requests,
+                        want.tokens,
+                        want.slots,
                     ],
                 }
             })
@@ -338,9 +407,18 @@ impl RedisLimiter {
         }
         let mut out = Vec::with_capacity(targets.len());
         for ((row, t), e) in values.chunks(ROW).zip(targets).zip(&entries) {
-            let checked = parse(row)?;
-            if let (None, Some(id), true) = (checked.denied, lease, t.leases()) {
-                self.leases.hold(&e.keys.leases, id);
+            let (checked, grant) = parse(row)?;
+            if checked.denied.is_none() {
+                if let (Some(id), true) = (lease, t.leases()) {
+                    self.leases.hold(&e.keys.leases, id);
+                }
+                let (returns, slots) = self.slices.admitted(t, &checked, grant, lease, sent);
+                for slot in &slots {
+                    self.leases.hold(&e.keys.leases, slot);
+                }
+                for s in self.returned(returns) {
+                    self.apply(s.adjustments, s.lease);
+                }
             }
             out.push(checked);
         }
@@ -357,7 +435,8 @@ impl RedisLimiter {
             .arg(MINUTE.bucket_ms)
             .arg(MINUTE.buckets)
             .arg(DAY.bucket_ms)
-            .arg(DAY.buckets);
+            .arg(DAY.buckets)
+            .arg(self.slices.share());
         for e in entries {
             inv.key(&e.keys.minute)
                 .key(&e.keys.day)
@@ -543,15 +622,21 @@ async fn settle_loop(limiter: Weak<RedisLimiter>, mut rx: mpsc::Receiver<Settle>
     }
 }
 
-fn parse(row: &[i64]) -> Result<Checked, StoreFailure> {
-    let [admitted, metric, retry_ms, minute_bucket, day_bucket, mr, dr, mt, dt, mreset, dreset, in_flight] =
-        <[i64; 12]>::try_from(row).map_err(|_| StoreFailure::Reply)?;
+fn parse(row: &[i64]) -> Result<(Checked, Grant), StoreFailure> {
+    let [admitted, metric, retry_ms, minute_bucket, day_bucket, mr, dr, mt, dt, mreset, dreset, in_flight, gr, gt, gc, valid_ms] =
+        <[i64; ROW]>::try_from(row).map_err(|_| StoreFailure::Reply)?;
     let denied = if admitted == 1 {
         None
     } else {
         Some(Metric::from_code(metric).ok_or(StoreFailure::Reply)?)
     };
-    Ok(Checked {
+    let grant = Grant {
+        requests: gr,
+        tokens: gt,
+        slots: gc,
+        valid_ms,
+    };
+    let checked = Checked {
         denied,
         retry_ms,
         usage: Usage {
@@ -565,7 +650,9 @@ fn parse(row: &[i64]) -> Result<Checked, StoreFailure> {
         },
         minute_bucket,
         day_bucket,
-    })
+        pooled: false,
+    };
+    Ok((checked, grant))
 }
 
 #[cfg(test)]
@@ -574,12 +661,19 @@ mod tests {
 
     #[test]
     fn script_replies_parse() {
-        let c = parse(&[0, 5, 1000, 1, 2, 3, 4, 5, 6, 7, 8, 9]).unwrap();
+        let (c, g) = parse(&[0, 5, 1000, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 0, 0, 0]).unwrap();
         assert_eq!(c.denied, Some(Metric::Concurrency));
         assert_eq!(c.usage.in_flight, 9);
         assert_eq!(c.day_bucket, 2);
+        assert_eq!(g, Grant::default());
+        let (c, g) = parse(&[1, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13]).unwrap();
+        assert_eq!(c.denied, None);
+        assert_eq!(
+            (g.requests, g.tokens, g.slots, g.valid_ms),
+            (10, 11, 12, 13)
+        );
         assert!(parse(&[1, 0, 0]).is_err());
-        assert!(parse(&[0, 9, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]).is_err());
+        assert!(parse(&[0, 9, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]).is_err());
     }
 
     #[test]

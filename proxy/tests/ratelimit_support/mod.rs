@@ -3,13 +3,16 @@
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use serde_json::{json, Value};
 use tollgate_loadtest::{MockConfig, MockServer};
+use tollgate_proxy::limits::{Admission, Ask, LimitError, Limiter, LimitsConfig};
+use tollgate_proxy::routing::Catalog;
 use tollgate_proxy::{ProxyConfig, ProxyHandle};
 
 /// Public model of the fleet.
@@ -165,4 +168,70 @@ pub fn header(h: &reqwest::header::HeaderMap, name: &str) -> Option<String> {
 
 pub fn header_u64(h: &reqwest::header::HeaderMap, name: &str) -> Option<u64> {
     header(h, name).and_then(|v| v.parse().ok())
+}
+
+// Limiter-level helpers (no proxy): one key `k` (`sk-limits-1234`) and one model `m`.
+
+/// A catalog with one key and one model carrying the given `rate_limit` YAML (or none).
+pub fn catalog(key_limit: &str, model_limit: &str) -> Arc<Catalog> {
+    let rl = |l: &str| {
+        if l.is_empty() {
+            String::new()
+        } else {
+            format!(", rate_limit: {l}")
+        }
+    };
+    let yaml = format!(
+        "models:\n  - {{name: m, base_url: 'http://127.0.0.1:9/v1'{}}}\napi_keys:\n  - {{id: k, secret: sk-limits-1234, account_id: a{}}}\nkafka: {{brokers: 'x:1'}}\n",
+        rl(model_limit),
+        rl(key_limit)
+    );
+    let cfg = ProxyConfig::from_yaml(&yaml, "t").unwrap();
+    cfg.validate().unwrap();
+    Arc::new(Catalog::build(
+        &cfg.models,
+        &cfg.api_keys,
+        &cfg.accounts,
+        0,
+        |_| None,
+    ))
+}
+
+pub fn limiter(prefix: &str, lease_secs: u64) -> Limiter {
+    limiter_with(prefix, lease_secs, true)
+}
+
+/// A limiter; `slices: false` sends every request to Redis (no quota slices).
+pub fn limiter_with(prefix: &str, lease_secs: u64, slices: bool) -> Limiter {
+    let cfg: LimitsConfig = serde_yaml::from_str(&format!(
+        "{{backend: redis, redis_url: '{}', prefix: {prefix}, lease_secs: {lease_secs}, timeout_ms: 2000, slices: {slices}}}",
+        redis_url()
+    ))
+    .unwrap();
+    Limiter::start(&cfg, None).unwrap()
+}
+
+pub async fn ask(
+    l: &Limiter,
+    cat: &Catalog,
+    prompt: i64,
+    max: Option<i64>,
+) -> Result<Admission, LimitError> {
+    let key = cat.key_for_secret("sk-limits-1234").unwrap();
+    let model = cat.model("m").unwrap();
+    l.acquire(&Ask {
+        key: &key,
+        model: &model,
+        prompt_tokens: prompt,
+        max_completion_tokens: max,
+    })
+    .await
+}
+
+pub async fn wait_until(what: &str, timeout: Duration, mut f: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
