@@ -299,8 +299,14 @@ impl Slices {
         if rate < HOT_RPS {
             return Want::default();
         }
-        // Half a second of demand: a slice is refilled about twice per bucket.
-        let requests = (rate / 2).clamp(1, MAX_REQUESTS);
+        // Half a second of demand (a slice is refilled about twice per bucket), less what a
+        // live slice still holds.
+        let left = e
+            .slice
+            .as_ref()
+            .filter(|s| s.until > now)
+            .map_or(0, |s| s.requests.max(0));
+        let requests = (rate / 2 - left).clamp(0, MAX_REQUESTS);
         let tokens = if t.counts_tokens() {
             let per = if e.last_requests > 0 {
                 e.last_tokens / e.last_requests

@@ -21,6 +21,12 @@
 local lease_ms = tonumber(ARGV[1])
 local mw, mn, dw, dn = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local share = tonumber(ARGV[6])
+
+-- At most 1/share of what is left of a limit (0 = no limit: g itself).
+local function cap(g, limit, used)
+  if limit > 0 then g = math.min(g, math.floor((limit - used) / share)) end
+  return math.max(g, 0)
+end
 local out = {}
 
 -- Windows and lease sets touched by this call, by key.
@@ -97,10 +103,6 @@ for i = 0, #KEYS / 3 - 1 do
     end
     if want_r > 0 then
       -- A slice: at most 1/share of what is left of each limit, counted now.
-      local function cap(g, limit, used)
-        if limit > 0 then g = math.min(g, math.floor((limit - used) / share)) end
-        return math.max(g, 0)
-      end
       gr = cap(cap(want_r, rpm, v(m, 'r')), rpd, v(d, 'r'))
       gt = cap(cap(want_t, tpm, v(m, 't')), tpd, v(d, 't'))
       if gr > 0 and (gt > 0 or (tpm == 0 and tpd == 0)) then
@@ -111,15 +113,16 @@ for i = 0, #KEYS / 3 - 1 do
       else
         gr, gt = 0, 0
       end
-      if s and want_c > 0 and lease_id ~= '' then
-        gc = cap(want_c, conc, s.n)
-        for j = 1, gc do
-          s.add[#s.add + 1] = NOW + lease_ms
-          s.add[#s.add + 1] = lease_id .. '.' .. j
-        end
-        s.n = s.n + gc
-        in_flight = s.n
+    end
+    if s and want_c > 0 and lease_id ~= '' then
+      -- Concurrency slots: at most 1/share of the free ones.
+      gc = cap(want_c, conc, s.n)
+      for j = 1, gc do
+        s.add[#s.add + 1] = NOW + lease_ms
+        s.add[#s.add + 1] = lease_id .. '.' .. j
       end
+      s.n = s.n + gc
+      in_flight = s.n
     end
   end
 
