@@ -41,6 +41,9 @@ const MAX_REQUESTS: i64 = 4_096;
 const MAX_SLOTS: i64 = 256;
 /// Longest life of a slice.
 const MAX_LIFE: Duration = Duration::from_secs(1);
+/// How long a refill request blocks the next one for the same entity (requests queued behind
+/// it in the same batch would otherwise each ask for a whole slice).
+const REFILL_WAIT: Duration = Duration::from_millis(250);
 /// How often expired slices and idle slots are given back.
 pub const SWEEP_EVERY: Duration = Duration::from_millis(100);
 
@@ -110,6 +113,8 @@ struct Entity {
     last_tokens: i64,
     /// Redis's counts at the last grant (slice included).
     usage: Usage,
+    /// When the refill now in flight was asked for.
+    refill: Option<Instant>,
 }
 
 impl Entity {
@@ -128,6 +133,7 @@ impl Entity {
             last_requests: 0,
             last_tokens: 0,
             usage: Usage::default(),
+            refill: None,
         }
     }
 
@@ -296,7 +302,10 @@ impl Slices {
         };
         e.roll(now);
         let rate = e.last_requests.max(e.requests);
-        if rate < HOT_RPS {
+        let refilling = e
+            .refill
+            .is_some_and(|at| now.saturating_duration_since(at) < REFILL_WAIT);
+        if rate < HOT_RPS || refilling {
             return Want::default();
         }
         // Half a second of demand (a slice is refilled about twice per bucket), less what a
@@ -323,6 +332,9 @@ impl Slices {
         } else {
             0
         };
+        if requests > 0 || slots > 0 {
+            e.refill = Some(now);
+        }
         Want {
             requests,
             tokens,
@@ -350,6 +362,9 @@ impl Slices {
         e.target = t.clone();
         e.record(t, sent);
         e.usage = checked.usage;
+        if grant != Grant::default() {
+            e.refill = None;
+        }
         if grant.requests > 0 {
             let life = Duration::from_millis(u64::try_from(grant.valid_ms).unwrap_or(0));
             let until = sent + life.min(MAX_LIFE);
@@ -507,6 +522,15 @@ mod tests {
         assert_eq!(w.requests, HOT_RPS / 2);
         assert_eq!(w.tokens, HOT_RPS / 2 * 100);
         assert_eq!(w.slots, 0, "no concurrency limit, no slots");
+        assert_eq!(s.want(&t, now), Want::default(), "one refill in flight");
+        let answered = Grant {
+            requests: 1,
+            tokens: 100,
+            slots: 0,
+            valid_ms: 10,
+        };
+        s.admitted(&t, &checked(1), answered, None, now);
+        assert!(s.want(&t, now).requests > 0, "answered: the next may ask");
         let off = Slices::new(false, 16);
         warm(&off, &t, 100, now);
         assert_eq!(off.want(&t, now), Want::default());
