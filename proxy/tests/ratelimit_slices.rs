@@ -74,6 +74,21 @@ async fn drive(
     tally
 }
 
+/// Two proxies `a` and `b` driven at once by `workers` tasks each (see [`drive`]).
+async fn drive_pair(
+    (a, b): (&Limiter, &Limiter),
+    cat: &Arc<Catalog>,
+    workers: usize,
+    until: Instant,
+    hold: Duration,
+    gauges: &Arc<(AtomicI64, AtomicI64)>,
+) -> (Arc<Tally>, Arc<Tally>) {
+    tokio::join!(
+        drive(a.clone(), cat.clone(), workers, until, hold, gauges.clone()),
+        drive(b.clone(), cat.clone(), workers, until, hold, gauges.clone()),
+    )
+}
+
 /// One busy proxy: after its first second most requests are admitted from slices (far fewer
 /// Redis calls than requests), and once it stops, what the slices did not use is given back,
 /// so Redis counts exactly the admitted requests and their real tokens.
@@ -126,24 +141,7 @@ async fn two_proxies_with_slices_admit_exactly_the_limit() {
     let cat = catalog("{rpm: 3000}", "");
     let gauges = Arc::new((AtomicI64::new(0), AtomicI64::new(0)));
     let until = Instant::now() + Duration::from_millis(4_000);
-    let (ta, tb) = tokio::join!(
-        drive(
-            a.clone(),
-            cat.clone(),
-            3,
-            until,
-            Duration::ZERO,
-            gauges.clone()
-        ),
-        drive(
-            b.clone(),
-            cat.clone(),
-            3,
-            until,
-            Duration::ZERO,
-            gauges.clone()
-        ),
-    );
+    let (ta, tb) = drive_pair((&a, &b), &cat, 3, until, Duration::ZERO, &gauges).await;
     let admitted = ta.admitted.load(Ordering::Relaxed) + tb.admitted.load(Ordering::Relaxed);
     let calls = a.store_acquire_calls() + b.store_acquire_calls();
     println!(
@@ -176,10 +174,7 @@ async fn slots_bound_concurrency_across_proxies_and_go_back() {
     let gauges = Arc::new((AtomicI64::new(0), AtomicI64::new(0)));
     let until = Instant::now() + Duration::from_millis(3_000);
     let hold = Duration::from_millis(3);
-    let (ta, tb) = tokio::join!(
-        drive(a.clone(), cat.clone(), 40, until, hold, gauges.clone()),
-        drive(b.clone(), cat.clone(), 40, until, hold, gauges.clone()),
-    );
+    let (ta, tb) = drive_pair((&a, &b), &cat, 40, until, hold, &gauges).await;
     let admitted = ta.admitted.load(Ordering::Relaxed) + tb.admitted.load(Ordering::Relaxed);
     let calls = a.store_acquire_calls() + b.store_acquire_calls();
     let peak = gauges.1.load(Ordering::SeqCst);

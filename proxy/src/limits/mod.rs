@@ -227,13 +227,23 @@ impl Limiter {
             return Ok(Admission::default());
         }
         let started = Instant::now();
+        let record = |backend: &'static str| {
+            metrics::histogram!(tollgate_schemas::telemetry::RATELIMIT_DECISION_DURATION, "backend" => backend)
+                .record(started.elapsed().as_secs_f64());
+        };
+        if let Some(r) = &self.inner.redis {
+            // Admitted from quota slices: no round trip, and no lease id of its own.
+            if let Some(checked) = r.from_slices(&targets) {
+                record("slice");
+                return conclude(targets, checked, Store::Redis(r.clone()), None);
+            }
+        }
         let lease: Option<Arc<str>> = targets
             .iter()
             .any(Target::leases)
             .then(|| uuid::Uuid::now_v7().simple().to_string().into());
         let (checked, store, backend) = self.check(&targets, lease.as_ref()).await?;
-        metrics::histogram!(tollgate_schemas::telemetry::RATELIMIT_DECISION_DURATION, "backend" => backend)
-            .record(started.elapsed().as_secs_f64());
+        record(backend);
         conclude(targets, checked, store, lease)
     }
 
@@ -243,9 +253,6 @@ impl Limiter {
         lease: Option<&Arc<str>>,
     ) -> Result<(Vec<Checked>, Store, &'static str), LimitError> {
         if let Some(r) = &self.inner.redis {
-            if let Some(c) = r.from_slices(targets) {
-                return Ok((c, Store::Redis(r.clone()), "slice"));
-            }
             if r.available() {
                 match r.acquire(targets, lease).await {
                     Ok(c) => {

@@ -161,8 +161,13 @@ impl Entity {
         self.peak = self.peak.max(self.in_flight);
     }
 
+    /// Slot members held in Redis.
+    fn held_slots(&self) -> i64 {
+        i64::try_from(self.slots.len()).unwrap_or(i64::MAX)
+    }
+
     fn free_slots(&self) -> i64 {
-        i64::try_from(self.slots.len()).unwrap_or(i64::MAX) - self.on_slots
+        self.held_slots() - self.on_slots
     }
 
     /// Whether the slice can admit `t` now.
@@ -215,7 +220,7 @@ impl Entity {
         } else {
             self.on_slots.max(self.peak.max(self.last_peak))
         };
-        while i64::try_from(self.slots.len()).unwrap_or(i64::MAX) > keep.max(0) {
+        while self.held_slots() > keep.max(0) {
             let Some(id) = self.slots.pop() else { break };
             out.slots.push((self.target.clone(), id));
         }
@@ -328,7 +333,7 @@ impl Slices {
         };
         let slots = if t.leases() {
             let peak = e.peak.max(e.last_peak) + 1;
-            (peak - e.slots.len() as i64).clamp(0, MAX_SLOTS)
+            (peak - e.held_slots()).clamp(0, MAX_SLOTS)
         } else {
             0
         };
@@ -485,6 +490,15 @@ mod tests {
         }
     }
 
+    fn grant(requests: i64, tokens: i64, slots: i64, valid_ms: i64) -> Grant {
+        Grant {
+            requests,
+            tokens,
+            slots,
+            valid_ms,
+        }
+    }
+
     fn checked(minute: i64) -> Checked {
         Checked {
             denied: None,
@@ -523,12 +537,7 @@ mod tests {
         assert_eq!(w.tokens, HOT_RPS / 2 * 100);
         assert_eq!(w.slots, 0, "no concurrency limit, no slots");
         assert_eq!(s.want(&t, now), Want::default(), "one refill in flight");
-        let answered = Grant {
-            requests: 1,
-            tokens: 100,
-            slots: 0,
-            valid_ms: 10,
-        };
+        let answered = grant(1, 100, 0, 10);
         s.admitted(&t, &checked(1), answered, None, now);
         assert!(s.want(&t, now).requests > 0, "answered: the next may ask");
         let off = Slices::new(false, 16);
@@ -542,13 +551,8 @@ mod tests {
         let s = Slices::new(true, 16);
         let t = target(None, 10);
         let now = Instant::now();
-        let grant = Grant {
-            requests: 3,
-            tokens: 25,
-            slots: 0,
-            valid_ms: 500,
-        };
-        let (ret, slots) = s.admitted(&t, &checked(7), grant, None, now);
+        let given = grant(3, 25, 0, 500);
+        let (ret, slots) = s.admitted(&t, &checked(7), given, None, now);
         assert!(ret.refunds.is_empty() && slots.is_empty());
         let ts = std::slice::from_ref(&t);
         let first = s.take(ts, now).expect("from the slice");
@@ -570,12 +574,7 @@ mod tests {
         let s = Slices::new(true, 16);
         let t = target(None, 1);
         let now = Instant::now();
-        let g = |requests| Grant {
-            requests,
-            tokens: requests,
-            slots: 0,
-            valid_ms: 300,
-        };
+        let g = |requests| grant(requests, requests, 0, 300);
         s.admitted(&t, &checked(1), g(4), None, now);
         s.admitted(&t, &checked(1), g(4), None, now);
         assert_eq!(s.held().0, 8, "same bucket: merged");
@@ -598,13 +597,8 @@ mod tests {
         let t = target(Some(1_000), 0);
         let now = Instant::now();
         let lease: Arc<str> = "abc".into();
-        let grant = Grant {
-            requests: 10,
-            tokens: 0,
-            slots: 3,
-            valid_ms: 900,
-        };
-        let (_, slots) = s.admitted(&t, &checked(1), grant, Some(&lease), now);
+        let given = grant(10, 0, 3, 900);
+        let (_, slots) = s.admitted(&t, &checked(1), given, Some(&lease), now);
         assert_eq!(slots.len(), 3);
         assert_eq!(&*slots[0], "abc.1");
         let ts = std::slice::from_ref(&t);
@@ -631,13 +625,8 @@ mod tests {
         let s = Slices::new(true, 16);
         let t = target(None, 30);
         let now = Instant::now();
-        let grant = Grant {
-            requests: 2,
-            tokens: 60,
-            slots: 0,
-            valid_ms: 900,
-        };
-        s.admitted(&t, &checked(4), grant, None, now);
+        let given = grant(2, 60, 0, 900);
+        s.admitted(&t, &checked(4), given, None, now);
         let adjust = |bucket, requests, tokens| Adjust {
             target: t.clone(),
             minute_bucket: bucket,
@@ -671,17 +660,12 @@ mod tests {
         let mut model = target(None, 0);
         model.entity = LimitEntity::Model;
         let now = Instant::now();
-        let grant = Grant {
-            requests: 5,
-            tokens: 0,
-            slots: 0,
-            valid_ms: 900,
-        };
-        s.admitted(&key, &checked(1), grant, None, now);
+        let given = grant(5, 0, 0, 900);
+        s.admitted(&key, &checked(1), given, None, now);
         let both = [key.clone(), model.clone()];
         assert!(s.take(&both, now).is_none(), "the model has no slice");
         assert_eq!(s.held().0, 5, "nothing taken from the key's");
-        s.admitted(&model, &checked(1), grant, None, now);
+        s.admitted(&model, &checked(1), given, None, now);
         assert_eq!(s.take(&both, now).unwrap().len(), 2);
         assert_eq!(s.held().0, 8);
     }
