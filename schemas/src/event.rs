@@ -5,6 +5,8 @@
 //! binary datum. Decoders look the fingerprint up among every schema version this crate knows
 //! ([`KNOWN_SCHEMAS`]) and resolve the datum to the current schema, so events written by older
 //! proxies keep decoding after the schema gains fields (which it may only do with defaults).
+//! The current schema's datum is written and read by hand (`event/binary.rs`,
+//! `event/read.rs`), older ones are resolved by apache-avro.
 
 use std::collections::HashMap;
 use std::sync::OnceLock;
@@ -21,6 +23,7 @@ pub const USAGE_EVENT_SCHEMA: &str = include_str!("../avro/usage_event.avsc");
 pub const KNOWN_SCHEMAS: &[&str] = &[USAGE_EVENT_SCHEMA];
 
 mod binary;
+mod read;
 
 const MAGIC: [u8; 2] = [0xC3, 0x01];
 const HEADER_LEN: usize = 10;
@@ -227,28 +230,70 @@ pub fn encode(event: &UsageEvent) -> Result<Vec<u8>, EncodeError> {
 }
 
 /// Decode an Avro single-object message written with any known schema version.
+///
+/// The current schema's datum is read by the hand-written reader (`read.rs`); older writer
+/// schemas go through apache-avro's schema resolution ([`decode_reference`]).
 pub fn decode(bytes: &[u8]) -> Result<UsageEvent, DecodeError> {
-    if bytes.len() < HEADER_LEN || bytes[..2] != MAGIC {
+    let (fp, writer, mut body) = split_header(bytes)?;
+    if fp != registry().current_fp {
+        return decode_with_apache_avro(writer, body);
+    }
+    let event = read::read_datum(&mut body)?;
+    no_trailing_bytes(body)?;
+    Ok(event)
+}
+
+/// Decode as [`decode`] did before the hand-written reader, whatever the schema version:
+/// apache-avro's `from_avro_datum` with resolution to the current schema, then serde. The
+/// reference that the hand-written reader is tested (and fuzzed) against; not for production.
+#[doc(hidden)]
+pub fn decode_reference(bytes: &[u8]) -> Result<UsageEvent, DecodeError> {
+    let (_, writer, body) = split_header(bytes)?;
+    decode_with_apache_avro(writer, body)
+}
+
+/// Check the single-object header: the writer schema's fingerprint, the schema, and the
+/// datum after the header.
+fn split_header(bytes: &[u8]) -> Result<([u8; 8], &'static Schema, &[u8]), DecodeError> {
+    let (Some(magic), Some(raw_fp), Some(body)) = (
+        bytes.get(..2),
+        bytes.get(2..HEADER_LEN),
+        bytes.get(HEADER_LEN..),
+    ) else {
+        return Err(DecodeError::NotSingleObject);
+    };
+    if magic != MAGIC {
         return Err(DecodeError::NotSingleObject);
     }
     let mut fp = [0u8; 8];
-    fp.copy_from_slice(&bytes[2..HEADER_LEN]);
-    let reg = registry();
-    let writer = reg
+    fp.copy_from_slice(raw_fp);
+    let writer = registry()
         .by_fp
         .iter()
         .find(|(known, _)| *known == fp)
         .map(|(_, s)| s)
         .ok_or(DecodeError::UnknownSchema(u64::from_le_bytes(fp)))?;
-    let mut body = &bytes[HEADER_LEN..];
-    let value = from_avro_datum(writer, &mut body, Some(&reg.current))
-        .map_err(|e| DecodeError::Datum(e.to_string()))?;
-    if !body.is_empty() {
-        return Err(DecodeError::Datum(format!(
+    Ok((fp, writer, body))
+}
+
+/// The datum must be the whole message.
+fn no_trailing_bytes(rest: &[u8]) -> Result<(), DecodeError> {
+    if rest.is_empty() {
+        Ok(())
+    } else {
+        Err(DecodeError::Datum(format!(
             "{} trailing bytes after the datum",
-            body.len()
-        )));
+            rest.len()
+        )))
     }
+}
+
+/// apache-avro's generic path: decode with the writer schema, resolve to the current one,
+/// deserialize with serde.
+fn decode_with_apache_avro(writer: &Schema, mut body: &[u8]) -> Result<UsageEvent, DecodeError> {
+    let value = from_avro_datum(writer, &mut body, Some(&registry().current))
+        .map_err(|e| DecodeError::Datum(e.to_string()))?;
+    no_trailing_bytes(body)?;
     from_value::<UsageEvent>(&value).map_err(|e| DecodeError::Datum(e.to_string()))
 }
 
