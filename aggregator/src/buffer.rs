@@ -183,6 +183,30 @@ impl PartitionBuffer {
         self.msgs.len() >= max_rows || self.oldest.is_some_and(|t| now >= t + max_wait)
     }
 
+    /// Holds messages, is not backing off and is fetched (not paused).
+    pub fn ready(&self, now: Instant) -> bool {
+        !self.msgs.is_empty() && !self.paused && self.retry_at.is_none_or(|t| now >= t)
+    }
+
+    /// How many of the first (at most `max_rows`) messages can be written without any check:
+    /// ClickHouse is known to hold none of them (`next_unstored`), all are usage events (no
+    /// dead letters), and all were written after `fresh_after_ms` (none can be a re-send, see
+    /// [`crate::write::RESEND_MIN_AGE_MS`]). None when the first message fails that.
+    pub fn unchecked_prefix(&self, max_rows: usize, fresh_after_ms: i64) -> Option<usize> {
+        let floor = self.next_unstored?;
+        let first = self.msgs.first()?;
+        if first.offset < floor {
+            return None;
+        }
+        let n = self
+            .msgs
+            .iter()
+            .take(max_rows)
+            .take_while(|m| matches!(&m.body, Body::Event(r) if r.ts_ms() >= fresh_after_ms))
+            .count();
+        (n > 0).then_some(n)
+    }
+
     /// When this buffer becomes due by time (None when empty).
     pub fn deadline(&self, max_wait: Duration) -> Option<Instant> {
         let age = self.oldest.map(|t| t + max_wait)?;
@@ -252,6 +276,49 @@ impl Buffers {
             .collect();
         due.sort_unstable();
         due
+    }
+
+    /// Partitions whose next messages can share one INSERT (see
+    /// [`crate::write::write_together`]), with how many messages each: those of `due` first,
+    /// then every other [`ready`](PartitionBuffer::ready) buffer, as long as the total stays
+    /// within `max_rows`. Empty unless at least two partitions, one of them due, qualify.
+    pub fn joinable(
+        &self,
+        now: Instant,
+        due: &[i32],
+        max_rows: usize,
+        fresh_after_ms: i64,
+    ) -> Vec<(i32, usize)> {
+        let mut others: Vec<i32> = self
+            .parts
+            .keys()
+            .filter(|p| !due.contains(p))
+            .copied()
+            .collect();
+        others.sort_unstable();
+        let mut group = Vec::new();
+        let mut total = 0;
+        let mut has_due = false;
+        for p in due.iter().chain(others.iter()) {
+            let Some(buf) = self.parts.get(p).filter(|b| b.ready(now)) else {
+                continue;
+            };
+            let Some(n) = buf.unchecked_prefix(max_rows, fresh_after_ms) else {
+                continue;
+            };
+            // Take what fits: a partial chunk is fine (the rest waits for the next write).
+            let n = n.min(max_rows - total);
+            if n == 0 {
+                break;
+            }
+            has_due |= due.contains(p);
+            total += n;
+            group.push((*p, n));
+        }
+        if group.len() < 2 || !has_due {
+            group.clear();
+        }
+        group
     }
 
     /// The earliest time any buffer becomes due.
@@ -384,6 +451,92 @@ mod tests {
                 Duration::from_millis(10)
             ),
             vec![0, 2]
+        );
+    }
+
+    fn event(offset: i64, ts_ms: i64) -> Msg {
+        let ev = tollgate_schemas::UsageEvent {
+            event_id: uuid::Uuid::now_v7().to_string(),
+            ts_ms,
+            ..Default::default()
+        };
+        let bytes = tollgate_schemas::encode(&ev).unwrap();
+        Msg::decode("t", 0, offset, 0, Some(&bytes))
+    }
+
+    /// Partition `p` with `n` events from offset 10 (written at `ts_ms`), stored up to 10.
+    fn fill(bufs: &mut Buffers, p: i32, n: i64, ts_ms: i64, now: Instant) {
+        let b = bufs.parts.entry(p).or_default();
+        for o in 10..10 + n {
+            b.push(event(o, ts_ms), now);
+        }
+        b.next_unstored = Some(10);
+    }
+
+    #[test]
+    fn unchecked_prefix_needs_known_floor_events_and_fresh_times() {
+        let now = Instant::now();
+        let mut b = PartitionBuffer::default();
+        for o in 5..9 {
+            b.push(event(o, 1_000), now);
+        }
+        b.push(poison(9), now);
+        b.push(event(10, 1_000), now);
+        assert_eq!(b.unchecked_prefix(100, 0), None, "floor unknown");
+        b.next_unstored = Some(6);
+        assert_eq!(b.unchecked_prefix(100, 0), None, "offset 5 may be stored");
+        b.next_unstored = Some(5);
+        assert_eq!(
+            b.unchecked_prefix(100, 0),
+            Some(4),
+            "stops at the poison message"
+        );
+        assert_eq!(b.unchecked_prefix(3, 0), Some(3), "at most max_rows");
+        assert_eq!(
+            b.unchecked_prefix(100, 1_001),
+            None,
+            "old events may be re-sends"
+        );
+        b.stored(4);
+        assert_eq!(b.unchecked_prefix(100, 0), None, "poison first");
+    }
+
+    #[test]
+    fn joinable_groups_due_partitions_first_within_max_rows() {
+        let now = Instant::now();
+        let mut bufs = Buffers::default();
+        for p in 0..4 {
+            fill(&mut bufs, p, 30, 5_000, now);
+        }
+        // Due partition 2 first, then the others in order, until 100 rows.
+        assert_eq!(
+            bufs.joinable(now, &[2], 100, 0),
+            vec![(2, 30), (0, 30), (1, 30), (3, 10)]
+        );
+        // None of them due: nothing to share.
+        assert!(bufs.joinable(now, &[], 100, 0).is_empty());
+        // A partition alone is written by itself.
+        assert!(bufs.joinable(now, &[2], 30, 0).is_empty());
+        // Stale events (possible re-sends) keep every partition out.
+        assert!(bufs.joinable(now, &[2], 100, 5_001).is_empty());
+
+        // Paused, backing off, floor unknown or possibly stored partitions stay out.
+        bufs.parts.get_mut(&0).unwrap().paused = true;
+        bufs.parts
+            .get_mut(&1)
+            .unwrap()
+            .failed(now, Duration::from_secs(1), Duration::from_secs(1));
+        bufs.parts.get_mut(&3).unwrap().next_unstored = Some(11);
+        assert!(bufs.joinable(now, &[2], 1_000, 0).is_empty());
+        fill(&mut bufs, 7, 5, 5_000, now);
+        assert_eq!(bufs.joinable(now, &[2], 1_000, 0), vec![(2, 30), (7, 5)]);
+        // The backoff ends: partition 1 joins again once its floor is known.
+        let later = now + Duration::from_secs(1);
+        assert_eq!(bufs.joinable(later, &[2], 1_000, 0), vec![(2, 30), (7, 5)]);
+        bufs.parts.get_mut(&1).unwrap().next_unstored = Some(10);
+        assert_eq!(
+            bufs.joinable(later, &[2], 1_000, 0),
+            vec![(2, 30), (1, 30), (7, 5)]
         );
     }
 }

@@ -257,12 +257,106 @@ impl Pipeline {
     }
 
     async fn flush_due(&mut self) {
-        for p in self
-            .buffers
-            .due(Instant::now(), self.max_rows, self.max_wait)
-        {
+        let now = Instant::now();
+        let mut due = self.buffers.due(now, self.max_rows, self.max_wait);
+        if due.is_empty() {
+            return;
+        }
+        if self.buffers.parts.len() > 1 {
+            let stored = self.flush_together(now, &due).await;
+            due.retain(|p| !stored.contains(p));
+        }
+        for p in due {
             self.flush_partition(p).await;
         }
+    }
+
+    /// Learn where ClickHouse's stored offsets end for ready buffers that do not know it yet
+    /// (once per assignment and after a failed write), so that they can join a shared INSERT.
+    async fn learn_floors(&mut self, now: Instant) {
+        let unknown: Vec<i32> = self
+            .buffers
+            .parts
+            .iter()
+            .filter(|(_, b)| b.next_unstored.is_none() && b.ready(now))
+            .map(|(p, _)| *p)
+            .collect();
+        for p in unknown {
+            let max = self.sink.max_stored_offset(p).await;
+            self.shared.clickhouse_result(&max);
+            match max {
+                Ok(max) => {
+                    if let Some(b) = self.buffers.parts.get_mut(&p) {
+                        b.next_unstored = Some(max.map_or(0, |m| m + 1));
+                    }
+                }
+                Err(e) => {
+                    crate::write::count_error(&e);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Write the due partitions together with every other partition that can join them, in
+    /// one INSERT ([`write::write_together`]); returns the partitions whose messages it
+    /// stored (their remaining messages, if any, wait for the next write).
+    async fn flush_together(&mut self, now: Instant, due: &[i32]) -> Vec<i32> {
+        self.learn_floors(now).await;
+        let fresh_after = write::now_ms() - write::RESEND_MIN_AGE_MS;
+        let group = self.buffers.joinable(now, due, self.max_rows, fresh_after);
+        if group.is_empty() {
+            return Vec::new();
+        }
+        let result = {
+            let parts: Vec<(i32, &[Msg])> = group
+                .iter()
+                .filter_map(|&(p, n)| self.buffers.parts.get(&p).map(|b| (p, &b.msgs[..n])))
+                .collect();
+            write::write_together(&self.sink, &parts).await
+        };
+        match result {
+            Ok(true) => self.shared.clickhouse_result(&result),
+            Ok(false) => return Vec::new(),
+            Err(e) => {
+                tracing::warn!(
+                    partitions = ?group.iter().map(|(p, _)| *p).collect::<Vec<_>>(),
+                    error = crate::classify::describe(&e),
+                    "shared insert failed; writing the partitions one by one, verified"
+                );
+                self.shared.clickhouse_result(&Err::<(), _>(e));
+                for (p, _) in &group {
+                    if let Some(b) = self.buffers.parts.get_mut(p) {
+                        b.next_unstored = None;
+                    }
+                }
+                return Vec::new();
+            }
+        }
+        for (i, &(p, n)) in group.iter().enumerate() {
+            let Some(buf) = self.buffers.parts.get(&p) else {
+                continue;
+            };
+            let chunk = &buf.msgs[..n];
+            let out = Outcome {
+                inserted: n,
+                batches: usize::from(i == 0),
+                handled_events: (0..n).collect(),
+                ..Outcome::default()
+            };
+            account(&mut self.tracker, &self.shared, chunk, &out);
+            if let Some(b) = &self.budgets {
+                b.apply(p, chunk, &[]).await;
+            }
+            let next = chunk.last().map_or(0, |m| m.offset + 1);
+            commit(&self.consumer, &self.topic, &self.shared, p, next);
+            if let Some(buf) = self.buffers.parts.get_mut(&p) {
+                buf.stored(n);
+                buf.next_unstored = Some(next);
+                buf.succeeded();
+            }
+        }
+        group.into_iter().map(|(p, _)| p).collect()
     }
 
     /// Write a partition's buffer in chunks of `max_rows`, committing after each chunk.

@@ -35,7 +35,7 @@ const MAX_ERROR_CHARS: usize = 2_000;
 /// Fresher events cannot be re-sends, so the common path costs no lookup.
 pub const RESEND_MIN_AGE_MS: i64 = 3_000;
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
@@ -276,6 +276,34 @@ pub async fn write<S: Store>(
     Ok(())
 }
 
+/// Store the first messages of several partitions in one INSERT: `parts` holds, per
+/// partition, messages that need no check ([`crate::buffer::PartitionBuffer::unchecked_prefix`]).
+///
+/// ClickHouse's cost is mostly per INSERT (every INSERT writes a part into `usage_events` and
+/// each rollup table, and background merges rewrite small parts again), so a consumer of
+/// several partitions writes them together instead of one INSERT per partition.
+///
+/// Returns `Ok(false)` without writing when an event id repeats within `parts` (the
+/// per-partition [`write`] sorts that out). After an `Err` the INSERT may have been stored in
+/// part; the caller writes those partitions again with [`write`] and verification.
+pub async fn write_together<S: Store>(store: &S, parts: &[(i32, &[Msg])]) -> Result<bool, Error> {
+    let rows: Vec<&UsageRow> = parts
+        .iter()
+        .flat_map(|(_, msgs)| msgs.iter().filter_map(row))
+        .collect();
+    let mut seen = HashSet::with_capacity(rows.len());
+    if !rows.iter().all(|r| seen.insert(r.event_id())) {
+        return Ok(false);
+    }
+    let started = Instant::now();
+    store.insert_rows(&rows).await.inspect_err(|e| {
+        count_error(e);
+    })?;
+    metrics::histogram!(AGG_INSERT_DURATION).record(started.elapsed().as_secs_f64());
+    metrics::histogram!(AGG_BATCH_ROWS).record(rows.len() as f64);
+    Ok(true)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -446,6 +474,77 @@ mod tests {
         write(&fake, "t", 0, &msgs, false, &mut out).await.unwrap();
         assert_exactly_once(&fake, 32);
         assert_eq!(out.inserted + out.dead_letters, 32);
+    }
+
+    /// Three partitions' events with distinct offsets (the fake keys rows by offset).
+    fn three_partitions() -> Vec<Vec<Msg>> {
+        (0..3)
+            .map(|p| (0..10).map(|o| event(p * 100 + o, "ok")).collect())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn partitions_written_together_in_one_insert() {
+        let fake = Fake::default();
+        let parts = three_partitions();
+        let group: Vec<(i32, &[Msg])> = parts
+            .iter()
+            .enumerate()
+            .map(|(p, m)| (p as i32, m.as_slice()))
+            .collect();
+        assert!(write_together(&fake, &group).await.unwrap());
+        assert_eq!(*fake.inserts.lock().unwrap(), 1);
+        let rows = fake.rows.lock().unwrap();
+        assert_eq!(rows.len(), 30);
+        assert!(rows.values().all(|&n| n == 1));
+    }
+
+    #[tokio::test]
+    async fn repeated_event_ids_leave_the_shared_insert_to_the_checked_path() {
+        let fake = Fake::default();
+        let mut parts = three_partitions();
+        parts[2][4] = parts[0][7].clone();
+        parts[2][4].offset = 204;
+        let group: Vec<(i32, &[Msg])> = parts
+            .iter()
+            .enumerate()
+            .map(|(p, m)| (p as i32, m.as_slice()))
+            .collect();
+        assert!(!write_together(&fake, &group).await.unwrap());
+        assert_eq!(*fake.inserts.lock().unwrap(), 0);
+        // The per-partition write drops the repeat.
+        let mut out = Outcome::default();
+        write(&fake, "t", 2, &parts[2], false, &mut out)
+            .await
+            .unwrap();
+        write(&fake, "t", 0, &parts[0], false, &mut out)
+            .await
+            .unwrap();
+        assert_eq!((out.inserted, out.resends), (19, 1));
+    }
+
+    #[tokio::test]
+    async fn failed_shared_insert_is_completed_per_partition_without_duplicates() {
+        let fake = Fake {
+            fail_calls: vec![1],
+            ..Default::default()
+        };
+        let parts = three_partitions();
+        let group: Vec<(i32, &[Msg])> = parts
+            .iter()
+            .enumerate()
+            .map(|(p, m)| (p as i32, m.as_slice()))
+            .collect();
+        let err = write_together(&fake, &group).await.unwrap_err();
+        assert_eq!(classify(&err), ErrorKind::Transient);
+        for (p, msgs) in &group {
+            let mut out = Outcome::default();
+            write(&fake, "t", *p, msgs, true, &mut out).await.unwrap();
+            assert_eq!(out.inserted, 10);
+        }
+        let rows = fake.rows.lock().unwrap();
+        assert_eq!(rows.len(), 30);
+        assert!(rows.values().all(|&n| n == 1));
     }
 
     #[tokio::test]
