@@ -483,15 +483,16 @@ mod tests {
             .collect()
     }
 
+    /// Partition `i` holds `parts[i]`.
+    fn as_group(parts: &[Vec<Msg>]) -> Vec<(i32, &[Msg])> {
+        (0..).zip(parts.iter().map(Vec::as_slice)).collect()
+    }
+
     #[tokio::test]
     async fn partitions_written_together_in_one_insert() {
         let fake = Fake::default();
         let parts = three_partitions();
-        let group: Vec<(i32, &[Msg])> = parts
-            .iter()
-            .enumerate()
-            .map(|(p, m)| (p as i32, m.as_slice()))
-            .collect();
+        let group = as_group(&parts);
         assert!(write_together(&fake, &group).await.unwrap());
         assert_eq!(*fake.inserts.lock().unwrap(), 1);
         let rows = fake.rows.lock().unwrap();
@@ -505,11 +506,7 @@ mod tests {
         let mut parts = three_partitions();
         parts[2][4] = parts[0][7].clone();
         parts[2][4].offset = 204;
-        let group: Vec<(i32, &[Msg])> = parts
-            .iter()
-            .enumerate()
-            .map(|(p, m)| (p as i32, m.as_slice()))
-            .collect();
+        let group = as_group(&parts);
         assert!(!write_together(&fake, &group).await.unwrap());
         assert_eq!(*fake.inserts.lock().unwrap(), 0);
         // The per-partition write drops the repeat.
@@ -530,11 +527,7 @@ mod tests {
             ..Default::default()
         };
         let parts = three_partitions();
-        let group: Vec<(i32, &[Msg])> = parts
-            .iter()
-            .enumerate()
-            .map(|(p, m)| (p as i32, m.as_slice()))
-            .collect();
+        let group = as_group(&parts);
         let err = write_together(&fake, &group).await.unwrap_err();
         assert_eq!(classify(&err), ErrorKind::Transient);
         for (p, msgs) in &group {

@@ -69,15 +69,7 @@ async fn partitions_share_one_insert_per_round_and_are_stored_once() {
     // A backlog in every partition before the aggregator starts.
     produce(&producer, &topic, 0, 200).await.unwrap();
 
-    let mut cfg = tollgate_aggregator::AggregatorConfig {
-        listen: "127.0.0.1:0".into(),
-        ..Default::default()
-    };
-    cfg.kafka.brokers = brokers.clone();
-    cfg.kafka.topic = topic.clone();
-    cfg.kafka.group_id = tollgate_e2e::unique("g");
-    cfg.clickhouse.url = tollgate_e2e::clickhouse_url();
-    cfg.clickhouse.database = database.clone();
+    let mut cfg = support::config(&brokers, &topic, &database);
     cfg.batch.max_rows = 2_000;
     cfg.batch.max_wait_ms = 300;
     let agg = tollgate_aggregator::start(cfg.clone()).await.unwrap();

@@ -97,15 +97,7 @@ async fn poison_and_refused_rows_are_dead_lettered_once_and_the_partition_flows(
         9
     );
 
-    let mut cfg = tollgate_aggregator::AggregatorConfig {
-        listen: "127.0.0.1:0".into(),
-        ..Default::default()
-    };
-    cfg.kafka.brokers = brokers.clone();
-    cfg.kafka.topic = topic.clone();
-    cfg.kafka.group_id = tollgate_e2e::unique("g");
-    cfg.clickhouse.url = tollgate_e2e::clickhouse_url();
-    cfg.clickhouse.database = database.clone();
+    let mut cfg = support::config(&brokers, &topic, &database);
     cfg.batch.max_rows = 16;
     cfg.batch.max_wait_ms = 100;
     cfg.sequence.window = 256;

@@ -23,6 +23,21 @@ fn admin_consumer(brokers: &str, group: &str) -> anyhow::Result<BaseConsumer> {
         .create()?)
 }
 
+/// An in-process aggregator's config: `topic` into `database` on the local stack, HTTP on an
+/// ephemeral port, a consumer group of its own.
+pub fn config(brokers: &str, topic: &str, database: &str) -> tollgate_aggregator::AggregatorConfig {
+    let mut cfg = tollgate_aggregator::AggregatorConfig {
+        listen: "127.0.0.1:0".into(),
+        ..Default::default()
+    };
+    cfg.kafka.brokers = brokers.into();
+    cfg.kafka.topic = topic.into();
+    cfg.kafka.group_id = tollgate_e2e::unique("g");
+    cfg.clickhouse.url = tollgate_e2e::clickhouse_url();
+    cfg.clickhouse.database = database.into();
+    cfg
+}
+
 /// Committed offset per partition of `group` (partitions without a commit are absent).
 pub fn committed(
     brokers: &str,

@@ -9,23 +9,12 @@ use std::time::Instant;
 use super::super::tests::sample;
 use super::super::{decode, decode_reference, encode, HEADER_LEN};
 use super::*;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 
-/// xorshift64: deterministic, dependency-free.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-    fn pick<T: Copy>(&mut self, from: &[T]) -> T {
-        from[self.below(from.len())]
-    }
+/// One element of `from` (never empty).
+fn pick<T: Copy>(rng: &mut StdRng, from: &[T]) -> T {
+    from[rng.gen_range(0..from.len())]
 }
 
 const STRINGS: &[&str] = &[
@@ -60,21 +49,22 @@ const LONGS: &[i64] = &[
 
 const INTS: &[i32] = &[0, 1, -1, 63, 64, -65, 200, 599, i32::MAX, i32::MIN];
 
-fn text(rng: &mut Rng) -> String {
-    match rng.below(10) {
-        0 => "x".repeat(rng.below(400)),
-        1 => "ü".repeat(rng.below(9000)),
-        _ => rng.pick(STRINGS).to_string(),
+fn text(rng: &mut StdRng) -> String {
+    match rng.gen_range(0..10) {
+        0 => "x".repeat(rng.gen_range(0..400)),
+        1 => "ü".repeat(rng.gen_range(0..9000)),
+        _ => pick(rng, STRINGS).to_string(),
     }
 }
 
-fn random_event(rng: &mut Rng) -> UsageEvent {
-    let id = uuid::Uuid::from_u128(u128::from(rng.next()) << 64 | u128::from(rng.next()));
-    let entries = match rng.below(4) {
+fn random_event(rng: &mut StdRng) -> UsageEvent {
+    let id =
+        uuid::Uuid::from_u128(u128::from(rng.gen::<u64>()) << 64 | u128::from(rng.gen::<u64>()));
+    let entries = match rng.gen_range(0..4) {
         0 => 0,
         1 => 1,
-        2 => 2 + rng.below(5),
-        _ => rng.below(40),
+        2 => 2 + rng.gen_range(0..5),
+        _ => rng.gen_range(0..40),
     };
     let metadata = (0..entries)
         .map(|i| (format!("{i}-{}", text(rng)), text(rng)))
@@ -82,9 +72,9 @@ fn random_event(rng: &mut Rng) -> UsageEvent {
     UsageEvent {
         event_id: id.to_string(),
         request_id: text(rng),
-        ts_ms: rng.pick(LONGS),
+        ts_ms: pick(rng, LONGS),
         proxy_id: text(rng),
-        proxy_seq: rng.pick(LONGS),
+        proxy_seq: pick(rng, LONGS),
         api_key_id: text(rng),
         account_id: text(rng),
         team_id: text(rng),
@@ -92,18 +82,18 @@ fn random_event(rng: &mut Rng) -> UsageEvent {
         provider: text(rng),
         upstream_model: text(rng),
         endpoint: text(rng),
-        stream: rng.below(2) == 1,
-        status_code: rng.pick(INTS),
-        error_type: (rng.below(2) == 1).then(|| text(rng)),
-        latency_us: rng.pick(LONGS),
-        upstream_latency_us: rng.pick(LONGS),
-        ttft_us: (rng.below(2) == 1).then(|| rng.pick(LONGS)),
-        prompt_tokens: rng.pick(LONGS),
-        completion_tokens: rng.pick(LONGS),
-        cached_tokens: rng.pick(LONGS),
-        usage_estimated: rng.below(2) == 1,
-        cost_nanos: rng.pick(LONGS),
-        attempts: rng.pick(INTS),
+        stream: rng.gen_range(0..2) == 1,
+        status_code: pick(rng, INTS),
+        error_type: (rng.gen_range(0..2) == 1).then(|| text(rng)),
+        latency_us: pick(rng, LONGS),
+        upstream_latency_us: pick(rng, LONGS),
+        ttft_us: (rng.gen_range(0..2) == 1).then(|| pick(rng, LONGS)),
+        prompt_tokens: pick(rng, LONGS),
+        completion_tokens: pick(rng, LONGS),
+        cached_tokens: pick(rng, LONGS),
+        usage_estimated: rng.gen_range(0..2) == 1,
+        cost_nanos: pick(rng, LONGS),
+        attempts: pick(rng, INTS),
         metadata,
     }
 }
@@ -223,7 +213,7 @@ fn with_field(name: &str, raw: &[u8]) -> Vec<u8> {
 
 #[test]
 fn differential_on_generated_events() {
-    let mut rng = Rng(0x2545_F491_4F6C_DD1D);
+    let mut rng = StdRng::seed_from_u64(0x2545_F491_4F6C_DD1D);
     let mut cases = vec![sample(), UsageEvent::default()];
     cases[1].event_id = "00000000-0000-0000-0000-000000000000".into();
     let mut e = sample();
@@ -434,7 +424,7 @@ fn overflowing_varint(bytes: &[u8]) -> bool {
 /// event (the fuzz target `avro_decode` does the same on arbitrary input).
 #[test]
 fn mutated_messages_decode_the_same_in_both() {
-    let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+    let mut rng = StdRng::seed_from_u64(0x9E37_79B9_7F4A_7C15);
     let seeds: Vec<Vec<u8>> = (0..50)
         .map(|_| encode(&random_event(&mut rng)).unwrap())
         .chain([encode(&sample()).unwrap()])
@@ -442,12 +432,12 @@ fn mutated_messages_decode_the_same_in_both() {
     let (mut accepted, mut rejected) = (0, 0);
     for i in 0..20_000 {
         let mut bytes = seeds[i % seeds.len()].clone();
-        for _ in 0..=rng.below(3) {
-            let at = HEADER_LEN + rng.below(bytes.len() - HEADER_LEN);
-            match rng.below(4) {
-                0 => bytes[at] ^= 1 << rng.below(8),
-                1 => bytes[at] = rng.pick(&[0, 1, 2, 0x7f, 0x80, 0xff]),
-                2 => bytes.insert(at, rng.next() as u8),
+        for _ in 0..=rng.gen_range(0..3) {
+            let at = HEADER_LEN + rng.gen_range(0..(bytes.len() - HEADER_LEN).max(1));
+            match rng.gen_range(0..4) {
+                0 => bytes[at] ^= 1 << rng.gen_range(0..8),
+                1 => bytes[at] = pick(&mut rng, &[0, 1, 2, 0x7f, 0x80, 0xff]),
+                2 => bytes.insert(at, rng.gen::<u64>() as u8),
                 _ if at < bytes.len() => {
                     bytes.remove(at);
                 }
@@ -482,11 +472,11 @@ fn mutated_messages_decode_the_same_in_both() {
 #[ignore = "benchmark: run in release"]
 fn bench_decode_paths() {
     const N: usize = 1_000_000;
-    let mut rng = Rng(7);
+    let mut rng = StdRng::seed_from_u64(7);
     let messages: Vec<Vec<u8>> = (0..1000)
         .map(|i| {
             let mut e = sample();
-            e.event_id = uuid::Uuid::from_u128(u128::from(rng.next())).to_string();
+            e.event_id = uuid::Uuid::from_u128(u128::from(rng.gen::<u64>())).to_string();
             e.request_id = format!("req-{i}");
             e.proxy_seq = i;
             e.ttft_us = (i % 3 != 0).then_some(i * 17);
