@@ -282,18 +282,11 @@ impl Pipeline {
             .map(|(p, _)| *p)
             .collect();
         for p in unknown {
-            let max = self.sink.max_stored_offset(p).await;
-            self.shared.clickhouse_result(&max);
-            match max {
-                Ok(max) => {
-                    if let Some(b) = self.buffers.parts.get_mut(&p) {
-                        b.next_unstored = Some(max.map_or(0, |m| m + 1));
-                    }
-                }
-                Err(e) => {
-                    crate::write::count_error(&e);
-                    return;
-                }
+            let Ok(floor) = stored_floor(&self.sink, &self.shared, p).await else {
+                return;
+            };
+            if let Some(b) = self.buffers.parts.get_mut(&p) {
+                b.next_unstored = Some(floor);
             }
         }
     }
@@ -373,18 +366,13 @@ impl Pipeline {
             };
             let floor = match next_unstored {
                 Some(n) => n,
-                None => {
-                    let max = self.sink.max_stored_offset(partition).await;
-                    self.shared.clickhouse_result(&max);
-                    match max {
-                        Ok(max) => max.map_or(0, |m| m + 1),
-                        Err(e) => {
-                            crate::write::count_error(&e);
-                            failure = Some(e);
-                            break;
-                        }
+                None => match stored_floor(&self.sink, &self.shared, partition).await {
+                    Ok(floor) => floor,
+                    Err(e) => {
+                        failure = Some(e);
+                        break;
                     }
-                }
+                },
             };
             next_unstored = Some(floor);
             let verify = first.offset < floor;
@@ -455,6 +443,21 @@ impl Pipeline {
 
 async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
+}
+
+/// The offset after the highest one ClickHouse holds for `partition` (0 when none): every
+/// offset from there on is known not to be stored.
+async fn stored_floor(
+    sink: &ClickHouseSink,
+    shared: &Shared,
+    partition: i32,
+) -> Result<i64, clickhouse::error::Error> {
+    let max = sink.max_stored_offset(partition).await;
+    shared.clickhouse_result(&max);
+    let max = max.inspect_err(|e| {
+        crate::write::count_error(e);
+    })?;
+    Ok(max.map_or(0, |m| m + 1))
 }
 
 /// Commit `next` (the offset after the last stored message) for `partition`.
