@@ -84,6 +84,56 @@ pub fn memory(pid: u32) -> Result<Memory, ProcError> {
     })
 }
 
+/// Busy and total CPU time of the whole machine so far, in clock ticks (all CPUs).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MachineTicks {
+    /// Everything but idle and I/O wait.
+    pub busy: u64,
+    /// Everything.
+    pub total: u64,
+}
+
+impl MachineTicks {
+    /// Share of the time between `earlier` and `self` the CPUs were busy, in percent
+    /// (`None` when no time passed).
+    pub fn busy_pct_since(&self, earlier: &MachineTicks) -> Option<f64> {
+        let total = self.total.checked_sub(earlier.total)?;
+        let busy = self.busy.checked_sub(earlier.busy)?;
+        (total > 0).then(|| busy as f64 * 100.0 / total as f64)
+    }
+}
+
+/// [`MachineTicks`] from the text of `/proc/stat` (its `cpu` line: user nice system idle
+/// iowait irq softirq steal ...; guest time is already inside user and nice).
+pub fn parse_machine_ticks(stat: &str) -> Option<MachineTicks> {
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .ok()?;
+    if v.len() < 5 {
+        return None;
+    }
+    let total: u64 = v.iter().sum();
+    let idle = v[3] + v[4];
+    Some(MachineTicks {
+        busy: total - idle,
+        total,
+    })
+}
+
+/// CPU time of the whole machine so far.
+pub fn machine_ticks() -> Result<MachineTicks, ProcError> {
+    let (path, text) = read("/proc/stat".to_owned())?;
+    parse_machine_ticks(&text).ok_or(ProcError::Parse {
+        path,
+        what: "the cpu line",
+    })
+}
+
 /// Clock ticks per second (`getconf CLK_TCK`; 100 when that fails, the
 /// value on every common Linux).
 pub fn ticks_per_second() -> u64 {
@@ -132,6 +182,29 @@ impl RssSampler {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parses_machine_ticks() {
+        let stat = "cpu  100 5 50 800 45 0 10 0 0 0\ncpu0 50 2 25 400 20 0 5 0 0 0\nintr 1\n";
+        let t = parse_machine_ticks(stat).unwrap();
+        assert_eq!(
+            t,
+            MachineTicks {
+                busy: 165,
+                total: 1010
+            }
+        );
+        let later = MachineTicks {
+            busy: 265,
+            total: 1210,
+        };
+        assert_eq!(later.busy_pct_since(&t), Some(50.0));
+        assert_eq!(t.busy_pct_since(&t), None);
+        assert_eq!(t.busy_pct_since(&later), None);
+        assert_eq!(parse_machine_ticks("cpu0 1 2 3 4 5\n"), None);
+        assert_eq!(parse_machine_ticks("cpu  1 2 x 4 5\n"), None);
+        assert!(machine_ticks().unwrap().total > 0);
+    }
 
     #[test]
     fn parses_stat() {

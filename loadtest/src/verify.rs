@@ -88,19 +88,27 @@ impl Verification {
     }
 }
 
-/// The counting query (runs on ClickHouse 18.16 and current releases).
-pub fn count_sql(database: &str, run_id: &str) -> anyhow::Result<String> {
-    let safe = |s: &str| {
-        !s.is_empty()
-            && s.chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':'))
-    };
-    if !safe(run_id) {
-        bail!("run id {run_id:?} must be made of letters, digits, '_', '-', '.', ':'");
-    }
-    if !safe(database) || database.contains(['-', '.', ':']) {
+/// Whether `s` is non-empty and made of letters, digits and `extra`.
+fn made_of(s: &str, extra: &[char]) -> bool {
+    !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || extra.contains(&c))
+}
+
+/// `database`, checked to be a plain identifier (quoted into SQL as is).
+fn database_name(database: &str) -> anyhow::Result<&str> {
+    if !made_of(database, &[]) {
         bail!("database name {database:?} must be made of letters, digits and '_'");
     }
+    Ok(database)
+}
+
+/// The counting query (runs on ClickHouse 18.16 and current releases).
+pub fn count_sql(database: &str, run_id: &str) -> anyhow::Result<String> {
+    if !made_of(run_id, &['-', '.', ':']) {
+        bail!("run id {run_id:?} must be made of letters, digits, '_', '-', '.', ':'");
+    }
+    let database = database_name(database)?;
     Ok(format!(
         "SELECT count(), uniqExact(request_id), \
          uniqExactIf(request_id, status_code >= 200 AND status_code < 300) \
@@ -128,15 +136,13 @@ pub fn parse_counts(text: &str) -> anyhow::Result<RowCounts> {
     }
 }
 
-/// Counts the rows of `run_id` once.
-pub async fn count_rows(
+/// Runs `sql` on the ClickHouse of `cfg` over HTTP; returns the answer's text.
+async fn run_sql(
     client: &reqwest::Client,
     cfg: &VerifyConfig,
-    run_id: &str,
-) -> anyhow::Result<RowCounts> {
-    let mut req = client
-        .post(&cfg.clickhouse_url)
-        .body(count_sql(&cfg.database, run_id)?);
+    sql: String,
+) -> anyhow::Result<String> {
+    let mut req = client.post(&cfg.clickhouse_url).body(sql);
     if !cfg.user.is_empty() {
         req = req
             .header("X-ClickHouse-User", &cfg.user)
@@ -148,7 +154,26 @@ pub async fn count_rows(
     if !status.is_success() {
         bail!("ClickHouse answered {status}: {}", text.trim());
     }
-    parse_counts(&text)
+    Ok(text)
+}
+
+/// Counts the rows of `run_id` once.
+pub async fn count_rows(
+    client: &reqwest::Client,
+    cfg: &VerifyConfig,
+    run_id: &str,
+) -> anyhow::Result<RowCounts> {
+    parse_counts(&run_sql(client, cfg, count_sql(&cfg.database, run_id)?).await?)
+}
+
+/// Drops the database of `cfg` with everything in it (nothing when it does not exist), so
+/// that a benchmark's aggregator starts on empty tables.
+pub async fn drop_database(cfg: &VerifyConfig) -> anyhow::Result<()> {
+    let sql = format!(
+        "DROP DATABASE IF EXISTS `{}`",
+        database_name(&cfg.database)?
+    );
+    run_sql(&reqwest::Client::new(), cfg, sql).await.map(drop)
 }
 
 /// Waits until ClickHouse holds a successful row for each of the `expected`
@@ -190,6 +215,8 @@ mod tests {
         assert!(count_sql("db", "x' OR 1=1 --").is_err());
         assert!(count_sql("db; DROP", "r").is_err());
         assert!(count_sql("db", "").is_err());
+        assert!(count_sql("", "r").is_err());
+        assert!(count_sql("a-b", "r").is_err());
     }
 
     #[test]

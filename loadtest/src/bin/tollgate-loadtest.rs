@@ -6,6 +6,12 @@
 //!   interleaved, with added latency, saturation, CPU and RSS.
 //! * `bench`: the standard benchmark (`make bench`).
 
+/// mimalloc: the load generator allocates small buffers per request and shares the machine with
+/// the proxy it measures; glibc malloc was ~10-15 % of its CPU (Cargo feature `mimalloc`).
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -471,6 +477,12 @@ async fn compare_cmd(args: CompareArgs) -> anyhow::Result<ExitCode> {
     }
     if let Some(cpu) = c.proxy_cpu_ms_per_request {
         md.push_str(&format!("\nProxy CPU per request: {cpu:.3} ms\n"));
+    }
+    if let Some(b) = c.machine_busy {
+        md.push_str(&format!(
+            "Machine CPU busy: direct slices {:.0} %, proxy slices {:.0} %\n",
+            b.direct_pct, b.proxy_pct
+        ));
     }
     if let Some(m) = c.proxy_memory {
         md.push_str(&format!(

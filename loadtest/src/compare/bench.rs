@@ -25,7 +25,7 @@ use crate::loadgen::engine::{Runner, Target};
 use crate::loadgen::progress::progress_bar;
 use crate::procstat;
 use crate::scenario::{Mode, Scenario};
-use crate::verify::{verify_run, VerifyConfig};
+use crate::verify::{drop_database, verify_run, VerifyConfig};
 
 fn default_bin_dir() -> PathBuf {
     PathBuf::from("target/release")
@@ -84,6 +84,11 @@ pub struct AggregatorSpec {
     pub database: String,
     /// ClickHouse HTTP URL.
     pub clickhouse_url: String,
+    /// Drop `database` before the aggregator starts (it recreates the tables): every run
+    /// starts on empty tables instead of the rows of all earlier runs, whose ever larger
+    /// background merges would otherwise share the machine with the proxy.
+    #[serde(default)]
+    pub fresh_database: bool,
 }
 
 /// The saturation ramp run, closed-loop, on each comparison scenario that
@@ -287,6 +292,15 @@ async fn start_services(plan: &BenchPlan, base: &Path, logs: &Path) -> anyhow::R
     }
     let env = |extra: &[(&str, &str)]| service_env(plan, extra);
     let a = &plan.aggregator;
+    if a.fresh_database {
+        drop_database(&VerifyConfig {
+            clickhouse_url: a.clickhouse_url.clone(),
+            database: a.database.clone(),
+            ..VerifyConfig::default()
+        })
+        .await
+        .with_context(|| format!("dropping the benchmark database {}", a.database))?;
+    }
     let mut aggregator = Service::start(Launch {
         name: "aggregator",
         program: &plan.bin_dir.join("tollgate-aggregator"),
@@ -979,6 +993,10 @@ mod tests {
         for plan in ["bench.yaml", "bench-quick.yaml"] {
             let p = BenchPlan::load(&dir.join(plan)).unwrap();
             load_scenarios(&p, &dir).unwrap();
+            assert!(
+                p.aggregator.fresh_database,
+                "{plan}: runs start on empty tables"
+            );
             assert!(dir.join(&p.proxy_config).is_file());
             let bare = p.bare_proxy.expect("the plans ramp a features-off proxy");
             assert!(dir.join(&bare.config).is_file());

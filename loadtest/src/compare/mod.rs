@@ -70,11 +70,58 @@ pub struct Comparison {
     pub proxy_cpu_ms_per_request: Option<f64>,
     /// Proxy memory.
     pub proxy_memory: Option<ProxyMemory>,
+    /// How busy the machine's CPUs were during each side's slices: everything on the
+    /// machine counts (load generator, mock, proxy, broker, ClickHouse, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub machine_busy: Option<MachineBusy>,
     /// Saturation ramp that set the rate, if any.
     pub saturation: Option<ramp::Saturation>,
     /// The same comparison through the features-off proxy (its `proxy` side), when asked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub features_off: Option<Box<Comparison>>,
+}
+
+/// Share of CPU time the whole machine was busy during a side's slices, percent.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct MachineBusy {
+    /// During the direct slices.
+    pub direct_pct: f64,
+    /// During the proxy slices.
+    pub proxy_pct: f64,
+}
+
+/// Busy and total machine ticks summed over one side's slices.
+#[derive(Debug, Default)]
+struct BusyTally {
+    sides: [(u64, u64); 2],
+    failed: bool,
+}
+
+impl BusyTally {
+    fn add(&mut self, side: usize, before: &procstat::MachineTicks) {
+        match procstat::machine_ticks() {
+            Ok(after) => {
+                let (busy, total) = &mut self.sides[side];
+                *busy += after.busy.saturating_sub(before.busy);
+                *total += after.total.saturating_sub(before.total);
+            }
+            Err(_) => self.failed = true,
+        }
+    }
+
+    fn result(&self) -> Option<MachineBusy> {
+        let pct = |(busy, total): (u64, u64)| {
+            procstat::MachineTicks { busy, total }
+                .busy_pct_since(&procstat::MachineTicks::default())
+        };
+        if self.failed {
+            return None;
+        }
+        Some(MachineBusy {
+            direct_pct: pct(self.sides[0])?,
+            proxy_pct: pct(self.sides[1])?,
+        })
+    }
 }
 
 /// Which side a slice runs.
@@ -152,6 +199,7 @@ pub async fn compare_scenario(
     ];
     let mut next = [0u64; 2];
     let mut cpu = CpuTally::default();
+    let mut busy = BusyTally::default();
     let sampler = sides
         .proxy_pid
         .map(|pid| RssSampler::start(pid, Duration::from_millis(250)));
@@ -177,7 +225,12 @@ pub async fn compare_scenario(
                 .then(|| sides.proxy_pid.map(procstat::cpu_ticks))
                 .flatten();
             let sent_before = recs[i].sent_total();
+            let machine_before = procstat::machine_ticks();
             next[i] = r.run_slice(scenario, part, &mut recs[i], bar).await?;
+            match &machine_before {
+                Ok(m) => busy.add(i, m),
+                Err(_) => busy.failed = true,
+            }
             if let Some(before) = before {
                 match (before, sides.proxy_pid.map(procstat::cpu_ticks)) {
                     (Ok(b), Some(Ok(a))) => {
@@ -211,6 +264,7 @@ pub async fn compare_scenario(
         proxy,
         proxy_cpu_ms_per_request: cpu.ms_per_request(),
         proxy_memory,
+        machine_busy: busy.result(),
         saturation: None,
         features_off: None,
     })
@@ -245,5 +299,17 @@ mod tests {
         let expected = 50.0 * 1000.0 / tps / 1000.0;
         assert!((t.ms_per_request().unwrap() - expected).abs() < 1e-12);
         assert_eq!(CpuTally::default().ms_per_request(), None);
+        let b = BusyTally {
+            sides: [(40, 200), (150, 200)],
+            failed: false,
+        };
+        assert_eq!(
+            b.result(),
+            Some(MachineBusy {
+                direct_pct: 20.0,
+                proxy_pct: 75.0
+            })
+        );
+        assert_eq!(BusyTally::default().result(), None);
     }
 }

@@ -362,8 +362,9 @@ impl BenchReport {
 
         out.push_str(
             "\n## Added by the proxy (interleaved slices)\n\n| scenario | load | added p50 ms \
-             | p90 | p99 | p99.9 | added TTFT p50 ms | TTFT p99 | proxy CPU ms/request |\n\
-             |---|---|---:|---:|---:|---:|---:|---:|---:|\n",
+             | p90 | p99 | p99.9 | added TTFT p50 ms | TTFT p99 | proxy CPU ms/request \
+             | machine busy % direct / proxy |\n\
+             |---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
         );
         let rows = self.comparisons.iter().flat_map(|c| {
             std::iter::once((c, ""))
@@ -382,9 +383,12 @@ impl BenchReport {
             let cpu = c
                 .proxy_cpu_ms_per_request
                 .map_or("-".to_owned(), |v| format!("{v:.3}"));
+            let busy = c.machine_busy.map_or("-".to_owned(), |b| {
+                format!("{:.0} / {:.0}", b.direct_pct, b.proxy_pct)
+            });
             let _ = writeln!(
                 out,
-                "| {}{which} | {} | {:.3} | {:.3} | {:.3} | {:.3} | {} | {} | {cpu} |",
+                "| {}{which} | {} | {:.3} | {:.3} | {:.3} | {:.3} | {} | {} | {cpu} | {busy} |",
                 c.scenario,
                 c.load,
                 a.p50_ms,
@@ -393,6 +397,15 @@ impl BenchReport {
                 a.p999_ms,
                 tt(t.p50_ms),
                 tt(t.p99_ms)
+            );
+        }
+
+        if self.comparisons.iter().any(|c| c.machine_busy.is_some()) {
+            out.push_str(
+                "\nMachine busy: the share of all CPUs in use during that side's slices, every \
+                 process included (load generator, mock, and on the proxy side the proxy with its \
+                 broker, aggregator, ClickHouse and Redis). Queueing for a CPU grows steeply as it \
+                 nears 100 %; the tail of the added latency follows it.\n",
             );
         }
 
@@ -593,6 +606,10 @@ mod tests {
         off.proxy.target = "proxy-off".into();
         let full = Comparison {
             features_off: Some(Box::new(off)),
+            machine_busy: Some(crate::compare::MachineBusy {
+                direct_pct: 41.4,
+                proxy_pct: 88.6,
+            }),
             ..plain(0.0, 0.0)
         };
         let report = BenchReport {
@@ -608,6 +625,8 @@ mod tests {
             "{md}"
         );
         assert!(md.contains("| plain (features off) | open 100 req/s | 0.123 |"));
+        assert!(md.contains("| - | 41 / 89 |\n"), "{md}");
+        assert!(md.contains("| - | - |\n"), "{md}");
         let targets: Vec<&str> = report
             .chart_runs()
             .iter()
