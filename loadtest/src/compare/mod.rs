@@ -98,14 +98,15 @@ struct BusyTally {
 }
 
 impl BusyTally {
-    fn add(&mut self, side: usize, before: &procstat::MachineTicks) {
-        match procstat::machine_ticks() {
-            Ok(after) => {
+    /// Adds the time since `before` (a reading at the start of the slice) to `side`.
+    fn add(&mut self, side: usize, before: Result<procstat::MachineTicks, procstat::ProcError>) {
+        match (before, procstat::machine_ticks()) {
+            (Ok(before), Ok(after)) => {
                 let (busy, total) = &mut self.sides[side];
                 *busy += after.busy.saturating_sub(before.busy);
                 *total += after.total.saturating_sub(before.total);
             }
-            Err(_) => self.failed = true,
+            _ => self.failed = true,
         }
     }
 
@@ -227,10 +228,7 @@ pub async fn compare_scenario(
             let sent_before = recs[i].sent_total();
             let machine_before = procstat::machine_ticks();
             next[i] = r.run_slice(scenario, part, &mut recs[i], bar).await?;
-            match &machine_before {
-                Ok(m) => busy.add(i, m),
-                Err(_) => busy.failed = true,
-            }
+            busy.add(i, machine_before);
             if let Some(before) = before {
                 match (before, sides.proxy_pid.map(procstat::cpu_ticks)) {
                     (Ok(b), Some(Ok(a))) => {
