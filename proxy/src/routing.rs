@@ -51,6 +51,8 @@ pub struct Model {
     pub retry: RetryPolicy,
     /// Aggregate limits of the model (all keys together).
     pub rate_limit: Option<RateLimit>,
+    /// Handles of the model's request metrics.
+    pub metrics: crate::usage::metrics::ModelMetrics,
 }
 
 impl Model {
@@ -168,6 +170,7 @@ impl Catalog {
                     timeouts: m.timeouts,
                     retry: m.retry,
                     rate_limit: m.rate_limit,
+                    metrics: Default::default(),
                 };
                 (m.name.clone(), Arc::new(model))
             })

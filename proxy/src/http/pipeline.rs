@@ -82,7 +82,7 @@ async fn run(
         &st.proxy_id,
         rid,
         &key,
-        endpoint.as_str(),
+        endpoint,
     ));
     let result = serve(st, &catalog, &key, req, endpoint, rid, &mut meter).await;
     if let (Err(e), Some(m)) = (&result, meter.take()) {
@@ -315,9 +315,9 @@ async fn serve(
         .map_or(0, |m| m.started().elapsed().as_micros() as i64);
     let translated = translate::response_body(fwd.route, &call, status, &bytes, &model.name);
     let tokens = if status.is_success() {
-        translate::usage_of(endpoint, &translated.body).unwrap_or_else(|| crate::usage::Tokens {
+        translated.usage.unwrap_or_else(|| crate::usage::Tokens {
             prompt: prompt_estimate,
-            completion: tokens::count(&translate::output_text(endpoint, &translated.body)),
+            completion: tokens::count(&translated.output_text(endpoint)),
             cached: 0,
             estimated: true,
         })

@@ -4,6 +4,7 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use super::error::ApiError;
@@ -231,15 +232,74 @@ pub fn stream_stages(
     }
 }
 
-/// A response body for the client.
+/// A client-format response body.
 #[derive(Debug)]
 pub struct Translated {
     /// Bytes to send.
     pub bytes: Bytes,
-    /// Parsed client-format JSON (`Null` when not JSON).
-    pub body: Value,
+    /// Usage the body reports, if it parsed and had one.
+    pub usage: Option<Tokens>,
     /// Whether the bytes differ from the upstream's (content type becomes JSON).
     pub changed: bool,
+}
+
+impl Translated {
+    /// Output text of the body (for estimating completion tokens when it reports no usage).
+    pub fn output_text(&self, endpoint: Endpoint) -> String {
+        let body: Value = serde_json::from_slice(&self.bytes).unwrap_or(Value::Null);
+        output_text(endpoint, &body)
+    }
+}
+
+/// The top level of a successful response of the client's own format: the span of `model`
+/// (to rename it in place) and `usage`, every other field skipped without being built.
+#[derive(serde::Deserialize)]
+struct Envelope<'a> {
+    #[serde(borrow, default)]
+    model: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    usage: Option<&'a RawValue>,
+}
+
+/// A successful response in the client's own format with `model` renamed to the public name
+/// in place: the upstream's bytes and key order are kept, and nothing else is parsed into a
+/// tree. `None` when the body is not a JSON object this can read (the caller parses it).
+fn passthrough(endpoint: Endpoint, bytes: &Bytes, public: &str) -> Option<Translated> {
+    // Only an object: serde would also read a struct from an array, by position.
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return None;
+    }
+    let env: Envelope<'_> = serde_json::from_slice(bytes).ok()?;
+    let usage = env.usage.and_then(|u| usage_from_raw(endpoint, u));
+    let Some(model) = env.model else {
+        return Some(Translated {
+            bytes: bytes.clone(),
+            usage,
+            changed: false,
+        });
+    };
+    let mut name = Vec::with_capacity(public.len() + 2);
+    serde_json::to_writer(&mut name, public).ok()?;
+    let raw = model.get().as_bytes();
+    if raw == name.as_slice() {
+        return Some(Translated {
+            bytes: bytes.clone(),
+            usage,
+            changed: false,
+        });
+    }
+    // The raw value borrows from `bytes`: its offset there is where the old name starts.
+    let start = (raw.as_ptr() as usize).checked_sub(bytes.as_ptr() as usize)?;
+    let end = start.checked_add(raw.len()).filter(|e| *e <= bytes.len())?;
+    let mut out = Vec::with_capacity(bytes.len() - raw.len() + name.len());
+    out.extend_from_slice(&bytes[..start]);
+    out.extend_from_slice(&name);
+    out.extend_from_slice(&bytes[end..]);
+    Some(Translated {
+        bytes: Bytes::from(out),
+        usage,
+        changed: true,
+    })
 }
 
 /// Translate (or pass through, renaming the model) a non-streamed upstream response.
@@ -250,20 +310,26 @@ pub fn response_body(
     bytes: &Bytes,
     public: &str,
 ) -> Translated {
-    let unchanged = |body: Value| Translated {
+    let endpoint = call.endpoint;
+    if status.is_success() && route == Route::Passthrough {
+        if let Some(t) = passthrough(endpoint, bytes, public) {
+            return t;
+        }
+    }
+    let unchanged = |body: &Value| Translated {
         bytes: bytes.clone(),
-        body,
+        usage: usage_of(endpoint, body),
         changed: false,
     };
     let parsed: Option<Value> = serde_json::from_slice(bytes).ok();
     let to_client = |v: Value| Translated {
         bytes: Bytes::from(serde_json::to_vec(&v).unwrap_or_default()),
-        body: v,
+        usage: usage_of(endpoint, &v),
         changed: true,
     };
     if !status.is_success() {
         return match route {
-            Route::Passthrough => unchanged(parsed.unwrap_or(Value::Null)),
+            Route::Passthrough => unchanged(parsed.as_ref().unwrap_or(&Value::Null)),
             Route::ChatToAnthropic => {
                 to_client(anthropic::anthropic_error_to_openai(status.as_u16(), bytes).body)
             }
@@ -273,15 +339,16 @@ pub fn response_body(
         };
     }
     let Some(mut v) = parsed else {
-        return unchanged(Value::Null);
+        return unchanged(&Value::Null);
     };
     let translated = match route {
         Route::Passthrough => {
+            // Only a body `passthrough` could not read (e.g. a repeated `model` key).
             if let Some(m) = v.get_mut("model") {
                 *m = Value::String(public.to_string());
                 Ok(v)
             } else {
-                return unchanged(v);
+                return unchanged(&v);
             }
         }
         Route::ChatToAnthropic => anthropic::anthropic_to_openai_response(&v, public, now_secs()),
@@ -290,15 +357,28 @@ pub fn response_body(
     match translated {
         Ok(v) => to_client(v),
         Err(e) => {
-            tracing::warn!(error = %e, endpoint = call.endpoint.as_str(), "untranslatable upstream response");
+            tracing::warn!(error = %e, endpoint = endpoint.as_str(), "untranslatable upstream response");
             let err = ApiError::UpstreamUnavailable(format!("untranslatable response: {e}"));
-            let body = if call.endpoint.anthropic_client() {
+            let body = if endpoint.anthropic_client() {
                 err.anthropic_body()
             } else {
                 err.body()
             };
             to_client(body)
         }
+    }
+}
+
+/// Usage from the raw `usage` value of a client-format body.
+fn usage_from_raw(endpoint: Endpoint, usage: &RawValue) -> Option<Tokens> {
+    if endpoint.anthropic_client() {
+        serde_json::from_str::<AnthropicUsage>(usage.get())
+            .ok()
+            .map(|u| u.tokens())
+    } else {
+        serde_json::from_str::<UsageJson>(usage.get())
+            .ok()
+            .map(|u| u.tokens())
     }
 }
 
@@ -388,5 +468,64 @@ mod patched_tests {
         )
         .unwrap();
         assert_eq!(v, serde_json::json!({"input": "x", "model": "m"}));
+    }
+}
+
+#[cfg(test)]
+mod passthrough_tests {
+    use super::*;
+
+    fn pass(endpoint: Endpoint, body: &str, public: &str) -> Translated {
+        passthrough(endpoint, &Bytes::from(body.to_owned()), public).unwrap()
+    }
+
+    #[test]
+    fn renames_the_model_in_place_keeping_order_and_spacing() {
+        let body = r#"{ "id": "c1", "model" : "up-model", "choices": [{"message": {"content": "hi"}}],
+            "usage": {"prompt_tokens": 7, "completion_tokens": 2,
+                      "prompt_tokens_details": {"cached_tokens": 3}} }"#;
+        let t = pass(Endpoint::ChatCompletions, body, "public\"1");
+        assert!(t.changed);
+        assert_eq!(
+            std::str::from_utf8(&t.bytes).unwrap(),
+            body.replace(r#""up-model""#, r#""public\"1""#)
+        );
+        let v: Value = serde_json::from_slice(&t.bytes).unwrap();
+        assert_eq!(v["model"], "public\"1");
+        let usage = t.usage.unwrap();
+        assert_eq!((usage.prompt, usage.completion, usage.cached), (7, 2, 3));
+        assert!(!usage.estimated);
+    }
+
+    #[test]
+    fn same_name_or_no_model_sends_the_upstream_bytes() {
+        let body =
+            Bytes::from_static(br#"{"model":"m","usage":{"input_tokens":4,"output_tokens":1}}"#);
+        let t = passthrough(Endpoint::Messages, &body, "m").unwrap();
+        assert!(!t.changed);
+        assert_eq!(t.bytes.as_ptr(), body.as_ptr(), "no copy");
+        assert_eq!(t.usage.map(|u| (u.prompt, u.completion)), Some((4, 1)));
+        let t = pass(
+            Endpoint::Embeddings,
+            r#"{"data": [], "object": "list"}"#,
+            "m",
+        );
+        assert!(!t.changed);
+        assert_eq!(t.usage, None);
+    }
+
+    #[test]
+    fn bodies_it_cannot_read_are_left_to_the_parser() {
+        for body in [
+            r#" ["up", {}]"#,
+            "not json",
+            r#"{"model": "a""#,
+            r#"{"model": "a", "model": "b"}"#,
+        ] {
+            assert!(
+                passthrough(Endpoint::ChatCompletions, &Bytes::from(body), "p").is_none(),
+                "{body}"
+            );
+        }
     }
 }

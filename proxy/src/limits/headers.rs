@@ -1,6 +1,7 @@
 //! `x-ratelimit-*` response headers: the strictest applicable limit of the key and the model.
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
+use bytes::BytesMut;
 
 use crate::entities::RateLimit;
 
@@ -102,44 +103,63 @@ impl RateHeaders {
         self.requests.is_none() && self.tokens.is_none() && self.concurrent.is_none()
     }
 
-    /// Write the headers.
+    /// Write the headers. Their values are written into one buffer and share it: one
+    /// allocation per response instead of one or two per header.
     pub fn apply(&self, h: &mut HeaderMap) {
-        let mut set = |name: &'static str, v: HeaderValue| {
-            h.insert(HeaderName::from_static(name), v);
-        };
-        let reset = |ms: u64| HeaderValue::try_from(human(ms));
-        if let Some(q) = self.requests {
-            set("x-ratelimit-limit-requests", q.limit.into());
-            set("x-ratelimit-remaining-requests", q.remaining.into());
-            if let Ok(v) = reset(q.reset_ms) {
-                set("x-ratelimit-reset-requests", v);
+        use std::fmt::Write as _;
+        let mut buf = BytesMut::with_capacity(96);
+        let mut set = |name: &'static str, value: Value| {
+            let written = match value {
+                Value::Count(n) => write!(buf, "{n}"),
+                Value::Reset(ms) => write_human(&mut buf, ms),
+            };
+            if written.is_ok() {
+                if let Ok(v) = HeaderValue::from_maybe_shared(buf.split().freeze()) {
+                    h.insert(HeaderName::from_static(name), v);
+                }
             }
+        };
+        if let Some(q) = self.requests {
+            set("x-ratelimit-limit-requests", Value::Count(q.limit));
+            set("x-ratelimit-remaining-requests", Value::Count(q.remaining));
+            set("x-ratelimit-reset-requests", Value::Reset(q.reset_ms));
         }
         if let Some(q) = self.tokens {
-            set("x-ratelimit-limit-tokens", q.limit.into());
-            set("x-ratelimit-remaining-tokens", q.remaining.into());
-            if let Ok(v) = reset(q.reset_ms) {
-                set("x-ratelimit-reset-tokens", v);
-            }
+            set("x-ratelimit-limit-tokens", Value::Count(q.limit));
+            set("x-ratelimit-remaining-tokens", Value::Count(q.remaining));
+            set("x-ratelimit-reset-tokens", Value::Reset(q.reset_ms));
         }
         if let Some((limit, remaining)) = self.concurrent {
-            set("x-ratelimit-limit-concurrent", limit.into());
-            set("x-ratelimit-remaining-concurrent", remaining.into());
+            set("x-ratelimit-limit-concurrent", Value::Count(limit));
+            set("x-ratelimit-remaining-concurrent", Value::Count(remaining));
         }
     }
 }
 
+/// A header value before it is written.
+enum Value {
+    Count(u64),
+    Reset(u64),
+}
+
 /// A duration as OpenAI writes it: `250ms`, `55s`, `6m0s`, `23h59m0s`.
 pub fn human(ms: u64) -> String {
+    let mut out = String::new();
+    // Writing to a String cannot fail.
+    let _ = write_human(&mut out, ms);
+    out
+}
+
+fn write_human(out: &mut impl std::fmt::Write, ms: u64) -> std::fmt::Result {
     if ms < 1_000 {
-        return format!("{ms}ms");
+        return write!(out, "{ms}ms");
     }
     let secs = ms.div_ceil(1_000);
     let (h, m, s) = (secs / 3_600, secs / 60 % 60, secs % 60);
     match (h, m) {
-        (0, 0) => format!("{s}s"),
-        (0, m) => format!("{m}m{s}s"),
-        (h, m) => format!("{h}h{m}m{s}s"),
+        (0, 0) => write!(out, "{s}s"),
+        (0, m) => write!(out, "{m}m{s}s"),
+        (h, m) => write!(out, "{h}h{m}m{s}s"),
     }
 }
 

@@ -1,5 +1,6 @@
 //! Metering: one usage event per request, emitted exactly once even when the client leaves.
 
+pub mod metrics;
 pub mod publisher;
 pub mod spool;
 
@@ -11,6 +12,7 @@ use tollgate_schemas::UsageEvent;
 
 pub use publisher::{Publisher, PublisherStats, UsageSink};
 
+use crate::providers::Endpoint;
 use crate::routing::{ApiKey, Deployment, Model};
 
 /// Most metadata entries kept per event, and the longest key and value.
@@ -59,6 +61,7 @@ pub struct Outcome {
 pub struct Meter {
     sink: UsageSink,
     started: Instant,
+    endpoint: Endpoint,
     event: Option<UsageEvent>,
     model: Option<Arc<Model>>,
     permit: Option<crate::limits::Permit>,
@@ -72,7 +75,7 @@ impl Meter {
         proxy_id: &str,
         request_id: &str,
         key: &ApiKey,
-        endpoint: &str,
+        endpoint: Endpoint,
     ) -> Self {
         let ts_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -86,13 +89,14 @@ impl Meter {
             api_key_id: key.id.clone(),
             account_id: key.account_id.clone(),
             team_id: key.team_id.clone(),
-            endpoint: endpoint.to_string(),
+            endpoint: endpoint.as_str().to_string(),
             attempts: 0,
             ..UsageEvent::default()
         };
         Self {
             sink,
             started: Instant::now(),
+            endpoint,
             event: Some(event),
             model: None,
             permit: None,
@@ -200,7 +204,12 @@ impl Meter {
                 ev.prompt_tokens.saturating_add(ev.completion_tokens),
             );
         }
-        record_metrics(&ev, self.model.is_some());
+        // The model label is the public name only when it resolved (a bounded set); names
+        // requested by clients that did not resolve are `unknown`.
+        match &self.model {
+            Some(m) => m.metrics.record(&m.name, self.endpoint, &ev),
+            None => metrics::unknown_model().record("unknown", self.endpoint, &ev),
+        }
         self.sink.submit(ev);
     }
 }
@@ -219,42 +228,5 @@ impl Drop for Meter {
                 ..Outcome::default()
             });
         }
-    }
-}
-
-/// Request metrics from a finished event. The model label is the public name only when it
-/// resolved (a bounded set); unknown names requested by clients are `unknown`.
-fn record_metrics(ev: &UsageEvent, model_known: bool) {
-    use tollgate_schemas::telemetry as t;
-    let model = if model_known {
-        ev.model.clone()
-    } else {
-        "unknown".to_string()
-    };
-    let endpoint = ev.endpoint.clone();
-    metrics::counter!(t::PROXY_REQUESTS, "model" => model.clone(), "endpoint" => endpoint.clone(), "status" => ev.status_code.to_string()).increment(1);
-    let total = ev.latency_us as f64 / 1e6;
-    metrics::histogram!(t::PROXY_REQUEST_DURATION, "model" => model.clone(), "endpoint" => endpoint.clone()).record(total);
-    if ev.upstream_latency_us > 0 {
-        let overhead = (ev.latency_us - ev.upstream_latency_us).max(0) as f64 / 1e6;
-        metrics::histogram!(t::PROXY_OVERHEAD, "endpoint" => endpoint).record(overhead);
-        metrics::histogram!(t::PROXY_UPSTREAM_DURATION, "model" => model.clone())
-            .record(ev.upstream_latency_us as f64 / 1e6);
-    }
-    if let Some(ttft) = ev.ttft_us {
-        metrics::histogram!(t::PROXY_TTFT, "model" => model.clone()).record(ttft as f64 / 1e6);
-    }
-    for (kind, n) in [
-        ("prompt", ev.prompt_tokens),
-        ("completion", ev.completion_tokens),
-        ("cached", ev.cached_tokens),
-    ] {
-        if n > 0 {
-            metrics::counter!(t::PROXY_TOKENS, "model" => model.clone(), "kind" => kind)
-                .increment(n as u64);
-        }
-    }
-    if ev.cost_nanos > 0 {
-        metrics::counter!(t::PROXY_COST, "model" => model).increment(ev.cost_nanos as u64);
     }
 }
