@@ -371,28 +371,24 @@ pub fn response_body(
 
 /// Usage from the raw `usage` value of a client-format body.
 fn usage_from_raw(endpoint: Endpoint, usage: &RawValue) -> Option<Tokens> {
-    if endpoint.anthropic_client() {
-        serde_json::from_str::<AnthropicUsage>(usage.get())
-            .ok()
-            .map(|u| u.tokens())
-    } else {
-        serde_json::from_str::<UsageJson>(usage.get())
-            .ok()
-            .map(|u| u.tokens())
-    }
+    usage_from(
+        endpoint,
+        &mut serde_json::Deserializer::from_str(usage.get()),
+    )
 }
 
 /// Usage in a client-format response body.
 pub fn usage_of(endpoint: Endpoint, body: &Value) -> Option<Tokens> {
-    let usage = body.get("usage")?;
+    usage_from(endpoint, body.get("usage")?)
+}
+
+/// A `usage` object in the client's format (Anthropic's or OpenAI's).
+fn usage_from<'de, D: serde::Deserializer<'de>>(endpoint: Endpoint, usage: D) -> Option<Tokens> {
+    use serde::Deserialize as _;
     if endpoint.anthropic_client() {
-        serde_json::from_value::<AnthropicUsage>(usage.clone())
-            .ok()
-            .map(|u| u.tokens())
+        AnthropicUsage::deserialize(usage).ok().map(|u| u.tokens())
     } else {
-        serde_json::from_value::<UsageJson>(usage.clone())
-            .ok()
-            .map(|u| u.tokens())
+        UsageJson::deserialize(usage).ok().map(|u| u.tokens())
     }
 }
 
