@@ -271,22 +271,21 @@ fn passthrough(endpoint: Endpoint, bytes: &Bytes, public: &str) -> Option<Transl
     }
     let env: Envelope<'_> = serde_json::from_slice(bytes).ok()?;
     let usage = env.usage.and_then(|u| usage_from_raw(endpoint, u));
-    let Some(model) = env.model else {
-        return Some(Translated {
+    let unchanged = || {
+        Some(Translated {
             bytes: bytes.clone(),
             usage,
             changed: false,
-        });
+        })
+    };
+    let Some(model) = env.model else {
+        return unchanged();
     };
     let mut name = Vec::with_capacity(public.len() + 2);
     serde_json::to_writer(&mut name, public).ok()?;
     let raw = model.get().as_bytes();
     if raw == name.as_slice() {
-        return Some(Translated {
-            bytes: bytes.clone(),
-            usage,
-            changed: false,
-        });
+        return unchanged();
     }
     // The raw value borrows from `bytes`: its offset there is where the old name starts.
     let start = (raw.as_ptr() as usize).checked_sub(bytes.as_ptr() as usize)?;

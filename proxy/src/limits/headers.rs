@@ -142,14 +142,7 @@ enum Value {
     Reset(u64),
 }
 
-/// A duration as OpenAI writes it: `250ms`, `55s`, `6m0s`, `23h59m0s`.
-pub fn human(ms: u64) -> String {
-    let mut out = String::new();
-    // Writing to a String cannot fail.
-    let _ = write_human(&mut out, ms);
-    out
-}
-
+/// Write a duration as OpenAI does: `250ms`, `55s`, `6m0s`, `23h59m0s`.
 fn write_human(out: &mut impl std::fmt::Write, ms: u64) -> std::fmt::Result {
     if ms < 1_000 {
         return write!(out, "{ms}ms");
@@ -166,6 +159,12 @@ fn write_human(out: &mut impl std::fmt::Write, ms: u64) -> std::fmt::Result {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn human(ms: u64) -> String {
+        let mut out = String::new();
+        write_human(&mut out, ms).unwrap();
+        out
+    }
 
     #[test]
     fn durations_read_like_openai() {
