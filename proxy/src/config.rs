@@ -592,6 +592,12 @@ kafka:
         cfg.validate().unwrap();
         cfg.models[0].normalize();
         assert!(cfg.models[0].deployments[0].http2_prior_knowledge);
+        assert!(!cfg.models[0].deployments[0].http2, "HTTP/1.1 unless asked");
+        let alpn = h2c.replace("http2_prior_knowledge: true", "http2: true");
+        let mut cfg = ProxyConfig::from_yaml(&alpn, "t").unwrap();
+        cfg.models[0].normalize();
+        let d = &cfg.models[0].deployments[0];
+        assert!(d.http2 && !d.http2_prior_knowledge);
     }
 
     #[test]

@@ -106,8 +106,14 @@ pub struct Deployment {
     /// Tier: lower is preferred; higher tiers are used only when lower ones fail or cool down.
     #[serde(default)]
     pub priority: u32,
-    /// Speak HTTP/2 to an `http://` base URL without negotiation (h2c, as gRPC-style and
-    /// in-cluster upstreams expect). Over `https://` ALPN chooses HTTP/2 when offered anyway.
+    /// Offer HTTP/2 to an `https://` upstream by ALPN; it is spoken when the upstream accepts.
+    /// Off by default: HTTP/1.1 keep-alive connections add less latency and CPU per request,
+    /// while HTTP/2 carries many streams on one connection and so holds less memory per open
+    /// stream (docs/proxy.md, "Upstream connections").
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub http2: bool,
+    /// Speak HTTP/2 without negotiation (h2c to an `http://` base URL, as gRPC-style and
+    /// in-cluster upstreams expect; implies `http2`).
     #[serde(default, skip_serializing_if = "is_false")]
     pub http2_prior_knowledge: bool,
 }
@@ -373,6 +379,7 @@ impl Model {
                     api_version: None,
                     weight: 1,
                     priority: 0,
+                    http2: false,
                     http2_prior_knowledge: false,
                 },
             );

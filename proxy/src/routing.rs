@@ -32,8 +32,8 @@ pub struct Deployment {
     pub weight: u32,
     /// Tier (lower first).
     pub priority: u32,
-    /// HTTP/2 with prior knowledge (h2c).
-    pub http2_prior_knowledge: bool,
+    /// HTTP versions spoken to it.
+    pub protocol: crate::providers::pool::Protocol,
 }
 
 /// A servable model.
@@ -158,7 +158,10 @@ impl Catalog {
                                 .unwrap_or_else(|| AZURE_DEFAULT_API_VERSION.into()),
                             weight: d.weight,
                             priority: d.priority,
-                            http2_prior_knowledge: d.http2_prior_knowledge,
+                            protocol: crate::providers::pool::Protocol::of(
+                                d.http2,
+                                d.http2_prior_knowledge,
+                            ),
                         })
                     })
                     .collect();

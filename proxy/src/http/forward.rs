@@ -112,7 +112,7 @@ pub async fn forward(
         let last = i + 1 == max;
         match tokio::time::timeout(
             first_byte,
-            client.send(req, deployment.http2_prior_knowledge),
+            client.send(req, deployment.protocol),
         )
         .await
         {

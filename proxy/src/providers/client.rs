@@ -1,6 +1,7 @@
-//! The upstream HTTP client: hyper-util's pooled client over rustls (HTTP/1.1, or HTTP/2 when
-//! the upstream offers it by ALPN, or HTTP/2 with prior knowledge for deployments that set
-//! `http2_prior_knowledge`), Mozilla's roots, the ring provider. Requests are spread over
+//! The upstream HTTP client: hyper-util's pooled client over rustls (HTTP/1.1 by default; for
+//! deployments that set `http2`, HTTP/2 when the upstream accepts it by ALPN; for those that
+//! set `http2_prior_knowledge`, HTTP/2 without negotiation), Mozilla's roots, the ring
+//! provider. Requests are spread over
 //! shards of pools ([`super::pool`]) so that no HTTP/2 connection carries more streams than
 //! the provider allows.
 //!
@@ -28,7 +29,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::time::{Instant, Sleep};
 use tokio_rustls::rustls;
 
-use super::pool::{Origin, Shards, Slot};
+use super::pool::{Origin, Protocol, Shards, Slot};
 use crate::http::error::ApiError;
 
 /// Body of an upstream request (always complete before sending: the proxy parsed it).
@@ -51,7 +52,10 @@ pub const H2_CONN_WINDOW_BYTES: u32 = 2 * 1024 * 1024;
 /// [`Shards`] so that no HTTP/2 connection carries more than `max_streams` at once.
 #[derive(Clone, Debug)]
 pub struct Upstream {
-    connector: HttpsConnector<HttpConnector>,
+    /// Offers only `http/1.1` by ALPN.
+    http1: HttpsConnector<HttpConnector>,
+    /// Offers `h2` and `http/1.1` by ALPN.
+    http2: HttpsConnector<HttpConnector>,
     shards: Arc<Shards<Pooled>>,
 }
 
@@ -64,44 +68,48 @@ impl Upstream {
         http.set_nodelay(true);
         http.set_connect_timeout(Some(connect_timeout));
         http.set_keepalive(Some(Duration::from_secs(60)));
-        let provider = rustls::crypto::ring::default_provider();
-        let connector = HttpsConnectorBuilder::new()
-            .with_provider_and_webpki_roots(provider)?
-            .https_or_http()
-            .enable_http1()
-            .enable_http2()
-            .wrap_connector(http);
+        let builder = || {
+            HttpsConnectorBuilder::new()
+                .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())
+                .map(|b| b.https_or_http().enable_http1())
+        };
         Ok(Self {
-            connector,
+            http1: builder()?.wrap_connector(http.clone()),
+            http2: builder()?.enable_http2().wrap_connector(http),
             shards: Arc::new(Shards::new(max_streams)),
         })
     }
 
-    /// The pooled client of a new shard; `h2c`: HTTP/2 with prior knowledge.
-    fn pool(&self, h2c: bool) -> Pooled {
+    /// The pooled client of a new shard for `protocol`.
+    fn pool(&self, protocol: Protocol) -> Pooled {
+        let (connector, http2_only) = match protocol {
+            Protocol::Http1 => (&self.http1, false),
+            Protocol::Http2 => (&self.http2, false),
+            Protocol::Http2PriorKnowledge => (&self.http2, true),
+        };
         Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_max_idle_per_host(1024)
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
             .http1_read_buf_exact_size(READ_BUF_BYTES)
-            .http2_only(h2c)
+            .http2_only(http2_only)
             .http2_initial_stream_window_size(H2_STREAM_WINDOW_BYTES)
             .http2_initial_connection_window_size(H2_CONN_WINDOW_BYTES)
             .http2_keep_alive_interval(Duration::from_secs(30))
             .http2_keep_alive_timeout(Duration::from_secs(10))
-            .build(self.connector.clone())
+            .build(connector.clone())
     }
 
-    /// Send `req` (over HTTP/2 with prior knowledge when `h2c`); resolves with the response
-    /// head (the body streams afterwards and holds the request's place on its connection).
+    /// Send `req` over `protocol`; resolves with the response head (the body streams
+    /// afterwards and holds the request's place on its connection).
     pub async fn send(
         &self,
         req: http::Request<RequestBody>,
-        h2c: bool,
+        protocol: Protocol,
     ) -> Result<http::Response<UpstreamBody>, ApiError> {
-        let origin = Origin::of(req.uri(), h2c);
-        let (client, slot) = self.shards.checkout(&origin, || self.pool(h2c));
+        let origin = Origin::of(req.uri(), protocol);
+        let (client, slot) = self.shards.checkout(&origin, || self.pool(protocol));
         let resp = client.request(req).await.map_err(|e| classify(&e))?;
         Ok(resp.map(|body| UpstreamBody { body, _slot: slot }))
     }
@@ -286,7 +294,7 @@ mod tests {
         let client = Upstream::new(Duration::from_millis(500), 100).unwrap();
         // Port 9 (discard) on loopback: nothing listens there.
         let req = post("http://user:secret@127.0.0.1:9/v1/chat/completions");
-        let err = client.send(req, false).await.unwrap_err();
+        let err = client.send(req, Protocol::Http1).await.unwrap_err();
         let text = format!("{err:?}");
         assert!(matches!(err, ApiError::UpstreamUnavailable(_)), "{text}");
         assert!(!text.contains("secret"), "{text}");
@@ -309,7 +317,7 @@ mod tests {
 
     async fn response(url: &str) -> http::Response<UpstreamBody> {
         let client = Upstream::new(Duration::from_secs(1), 100).unwrap();
-        client.send(post(url), false).await.unwrap()
+        client.send(post(url), Protocol::Http1).await.unwrap()
     }
 
     #[tokio::test]
@@ -392,7 +400,7 @@ mod tests {
         use std::sync::atomic::Ordering;
         let (url, conns, h2_requests) = h2c_upstream().await;
         let client = Upstream::new(Duration::from_secs(1), 2).unwrap();
-        let send = || client.send(post(&url), true);
+        let send = || client.send(post(&url), Protocol::Http2PriorKnowledge);
         let a = send().await.unwrap();
         let b = send().await.unwrap();
         let c = send().await.unwrap();

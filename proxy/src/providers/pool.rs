@@ -21,14 +21,39 @@ use http::uri::{Authority, Scheme};
 /// connection then queues it until a stream ends).
 pub const MAX_SHARDS_PER_ORIGIN: usize = 256;
 
+/// The HTTP versions a deployment's connections speak (`http2`, `http2_prior_knowledge`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    /// HTTP/1.1 keep-alive connections, one request at a time each (the default: the least
+    /// latency per request; over TLS only `http/1.1` is offered by ALPN).
+    #[default]
+    Http1,
+    /// HTTP/2 when an `https://` upstream accepts it by ALPN, else HTTP/1.1 (`http2: true`).
+    Http2,
+    /// HTTP/2 with prior knowledge, without negotiation (`http2_prior_knowledge: true`; h2c
+    /// over `http://`).
+    Http2PriorKnowledge,
+}
+
+impl Protocol {
+    /// The protocol of a deployment's two settings (prior knowledge wins).
+    pub fn of(http2: bool, prior_knowledge: bool) -> Self {
+        match (http2, prior_knowledge) {
+            (_, true) => Self::Http2PriorKnowledge,
+            (true, false) => Self::Http2,
+            (false, false) => Self::Http1,
+        }
+    }
+}
+
 /// Default of `upstream_http2_max_streams`: the minimum RFC 9113 advises servers to allow.
 pub const DEFAULT_MAX_STREAMS: usize = 100;
 
 /// Which pool family a request belongs to.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Origin {
-    /// HTTP/2 with prior knowledge (h2c) instead of HTTP/1.1 / ALPN.
-    pub h2c: bool,
+    /// The HTTP versions spoken to it.
+    pub protocol: Protocol,
     /// `http` or `https`.
     pub scheme: Option<Scheme>,
     /// Host and port.
@@ -37,9 +62,9 @@ pub struct Origin {
 
 impl Origin {
     /// The origin of `uri`.
-    pub fn of(uri: &http::Uri, h2c: bool) -> Self {
+    pub fn of(uri: &http::Uri, protocol: Protocol) -> Self {
         Self {
-            h2c,
+            protocol,
             scheme: uri.scheme().cloned(),
             authority: uri.authority().cloned(),
         }
@@ -117,7 +142,7 @@ mod tests {
     use super::*;
 
     fn origin(url: &str) -> Origin {
-        Origin::of(&url.parse().unwrap(), false)
+        Origin::of(&url.parse().unwrap(), Protocol::Http1)
     }
 
     #[test]
@@ -140,11 +165,20 @@ mod tests {
     }
 
     #[test]
+    fn a_deployment_speaks_http1_unless_it_asks_for_http2() {
+        assert_eq!(Protocol::of(false, false), Protocol::Http1);
+        assert_eq!(Protocol::default(), Protocol::Http1);
+        assert_eq!(Protocol::of(true, false), Protocol::Http2);
+        assert_eq!(Protocol::of(false, true), Protocol::Http2PriorKnowledge);
+        assert_eq!(Protocol::of(true, true), Protocol::Http2PriorKnowledge);
+    }
+
+    #[test]
     fn origins_and_protocols_have_their_own_shards() {
         let shards: Shards<&str> = Shards::new(1);
         let a = origin("http://a:80/v1");
         let b = origin("http://b:80/v1");
-        let a_h2c = Origin::of(&"http://a:80/v1".parse().unwrap(), true);
+        let a_h2c = Origin::of(&"http://a:80/v1".parse().unwrap(), Protocol::Http2PriorKnowledge);
         let _s1 = shards.checkout(&a, || "a");
         let _s2 = shards.checkout(&b, || "b");
         let _s3 = shards.checkout(&a_h2c, || "a-h2c");
