@@ -171,7 +171,10 @@ async fn an_h2c_deployment_answers_json_and_streams() {
     let env = Env::start().await;
     let msgs = json!([{"role": "user", "content": "over one connection"}]);
     let plain = json!({"model": "gpt-mock", "messages": msgs, "max_tokens": 3});
-    assert_eq!(env.post("/v1/chat/completions", KEY, plain).await.status(), 200);
+    assert_eq!(
+        env.post("/v1/chat/completions", KEY, plain).await.status(),
+        200
+    );
     assert_eq!(env.mock.stats().http2_requests, 0, "HTTP/1.1 by default");
     let resp = env
         .post(
@@ -202,7 +205,9 @@ async fn an_h2c_deployment_answers_json_and_streams() {
         "every request over HTTP/2"
     );
     let events = env.events(6).await;
-    assert!(events.iter().all(|e| e.status_code == 200 && !e.usage_estimated));
+    assert!(events
+        .iter()
+        .all(|e| e.status_code == 200 && !e.usage_estimated));
     let h2c = events.iter().filter(|e| e.upstream_model == "h2c-upstream");
     assert_eq!(h2c.count(), 5);
     env.proxy.shutdown().await;

@@ -110,12 +110,7 @@ pub async fn forward(
         let deadline = tokio::time::Instant::now() + Duration::from_millis(timeouts.total_ms);
         let first_byte = Duration::from_millis(timeouts.first_byte_ms.min(timeouts.total_ms));
         let last = i + 1 == max;
-        match tokio::time::timeout(
-            first_byte,
-            client.send(req, deployment.protocol),
-        )
-        .await
-        {
+        match tokio::time::timeout(first_byte, client.send(req, deployment.protocol)).await {
             Ok(Ok(resp)) if retryable_status(resp.status()) => {
                 st.health.failure(deployment, &model.retry);
                 tracing::warn!(deployment = %deployment.key, status = resp.status().as_u16(), attempt = attempts, "upstream failed");

@@ -178,7 +178,10 @@ mod tests {
         let shards: Shards<&str> = Shards::new(1);
         let a = origin("http://a:80/v1");
         let b = origin("http://b:80/v1");
-        let a_h2c = Origin::of(&"http://a:80/v1".parse().unwrap(), Protocol::Http2PriorKnowledge);
+        let a_h2c = Origin::of(
+            &"http://a:80/v1".parse().unwrap(),
+            Protocol::Http2PriorKnowledge,
+        );
         let _s1 = shards.checkout(&a, || "a");
         let _s2 = shards.checkout(&b, || "b");
         let _s3 = shards.checkout(&a_h2c, || "a-h2c");
