@@ -4,6 +4,7 @@
 //! are invariants that hold for every input.
 
 use serde_json::Value;
+use tollgate_proxy::http::client_body::ClientBody;
 use tollgate_proxy::http::pipeline::check_fields;
 use tollgate_proxy::http::sse::{self, EventSplitter};
 use tollgate_proxy::providers::anthropic::{
@@ -30,22 +31,44 @@ pub fn run(name: &str, data: &[u8]) {
     }
 }
 
-/// Request bodies: the proxy's field checks on every endpoint and the prompt token estimate.
+/// Request bodies: the raw read of a body (`ClientBody`), the field checks on every endpoint,
+/// the prompt estimate and the upstream body of a passthrough route, checked against a parsed
+/// tree of the same body where one can be made.
 pub fn openai_request(data: &[u8]) {
-    let Ok(json) = serde_json::from_slice::<Value>(data) else {
+    let Ok(body) = ClientBody::parse(data.to_vec()) else {
         return;
     };
-    let _ = tokens::estimate_prompt(&json);
-    if let Value::Object(map) = &json {
-        for endpoint in [
-            Endpoint::ChatCompletions,
-            Endpoint::Completions,
-            Endpoint::Embeddings,
-            Endpoint::Messages,
-        ] {
-            if let Ok((model, stream)) = check_fields(map, endpoint) {
-                assert!(!model.is_empty() && model.len() <= 256);
-                assert!(!stream || endpoint.can_stream());
+    // No tree for numbers beyond f64, which the raw read passes on.
+    let tree = body.tree().ok();
+    let estimate = body.prompt_estimate();
+    if let Some(tree) = tree {
+        assert_eq!(estimate, tokens::estimate_prompt(tree), "estimates differ");
+    }
+    for endpoint in [
+        Endpoint::ChatCompletions,
+        Endpoint::Completions,
+        Endpoint::Embeddings,
+        Endpoint::Messages,
+    ] {
+        if let Ok((model, stream)) = check_fields(&body, endpoint) {
+            assert!(!model.is_empty() && model.len() <= 256);
+            assert!(!stream || endpoint.can_stream());
+            if let Some(tree) = tree {
+                assert_eq!(tree["model"].as_str(), Some(model.as_str()));
+                assert_eq!(tree["stream"].as_bool().unwrap_or(false), stream);
+            }
+        }
+    }
+    let _ = body.metadata(16, 64, 512);
+    for ask_usage in [false, true] {
+        let Ok(up) = body.passthrough("mock-upstream", ask_usage) else {
+            continue;
+        };
+        if tree.is_some() {
+            let v: Value = serde_json::from_slice(&up).expect("upstream body is JSON");
+            assert_eq!(v["model"], "mock-upstream");
+            if ask_usage && v["stream_options"].is_object() {
+                assert_eq!(v["stream_options"]["include_usage"], true);
             }
         }
     }

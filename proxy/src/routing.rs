@@ -10,6 +10,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use sha2::{Digest, Sha256};
+use tollgate_schemas::budgets::entities::scope_ref;
+use tollgate_schemas::budgets::Scope;
 
 use crate::entities::{self, Pricing, Provider, RateLimit, RetryPolicy, Timeouts};
 
@@ -53,6 +55,8 @@ pub struct Model {
     pub rate_limit: Option<RateLimit>,
     /// Handles of the model's request metrics.
     pub metrics: crate::usage::metrics::ModelMetrics,
+    /// Its budget scope ref (`m:<name>`).
+    pub budget_scope: Arc<str>,
 }
 
 impl Model {
@@ -88,6 +92,9 @@ pub struct ApiKey {
     pub expires_at: Option<i64>,
     /// Limits of this key.
     pub rate_limit: Option<RateLimit>,
+    /// Its budget scope refs (`k:<id>`, `t:<team>` when it has one, `a:<account>`), made
+    /// once per catalog rather than per request.
+    pub budget_scopes: Box<[Arc<str>]>,
 }
 
 impl ApiKey {
@@ -174,6 +181,7 @@ impl Catalog {
                     retry: m.retry,
                     rate_limit: m.rate_limit,
                     metrics: Default::default(),
+                    budget_scope: scope_ref(Scope::Model, &m.name).into(),
                 };
                 (m.name.clone(), Arc::new(model))
             })
@@ -192,6 +200,7 @@ impl Catalog {
                     (None, None) => return None,
                 };
                 let key = ApiKey {
+                    budget_scopes: crate::budget::key_scopes(&k.id, &k.team_id, &k.account_id),
                     id: k.id.clone(),
                     account_id: k.account_id.clone(),
                     team_id: k.team_id.clone(),

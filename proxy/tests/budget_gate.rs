@@ -4,9 +4,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tollgate_proxy::budget::{Ask, BudgetConfig, BudgetError, BudgetGate, Scopes};
+use tollgate_proxy::budget::{key_scopes, Ask, BudgetConfig, BudgetError, BudgetGate, Scopes};
 use tollgate_schemas::budgets::{scripts, Budget, Decision, DecisionKind, Window};
 use tollgate_schemas::redis_keys;
 
@@ -24,13 +25,12 @@ fn now_ms() -> i64 {
 }
 
 fn ask<'a>(event_id: &'a str, worst: i64) -> Ask<'a> {
+    // Key k1 of team team-a and account acct-1, model m (leaked: the scopes live with the
+    // test's catalog in the proxy).
+    let key: &'static [Arc<str>] = Box::leak(key_scopes("k1", "team-a", "acct-1"));
+    let model: &'static Arc<str> = Box::leak(Box::new(Arc::from("m:m")));
     Ask {
-        scopes: Scopes {
-            key: "k1",
-            team: "team-a",
-            account: "acct-1",
-            model: "m",
-        },
+        scopes: Scopes { key, model },
         event_id,
         worst_cost_nanos: worst,
         worst_tokens: worst,

@@ -22,8 +22,12 @@ const BREAKER_MS: i64 = 1_000;
 const LAST_KNOWN: Duration = Duration::from_secs(3_600);
 /// Most scopes cached.
 const CAPACITY: u64 = 100_000;
+/// Scopes of one request at most: key, team, account, model, global.
+const MAX_SCOPES: usize = 5;
 
 type Decisions = Arc<[Decision]>;
+/// Scope ref → decisions (foldhash: moka's default SipHash was a third of a lookup).
+type ScopeCache = Cache<Arc<str>, Decisions, foldhash::fast::RandomState>;
 
 /// Shared state of the gate.
 pub(super) struct Inner {
@@ -31,8 +35,8 @@ pub(super) struct Inner {
     pub(super) target: RedisTarget,
     pub(super) prefix: String,
     pub(super) cfg: BudgetConfig,
-    fresh: Cache<String, Decisions>,
-    last: Cache<String, Decisions>,
+    fresh: ScopeCache,
+    last: ScopeCache,
     down_until: AtomicI64,
 }
 
@@ -41,6 +45,8 @@ pub(super) struct Inner {
 pub struct BudgetGate {
     inner: Option<Arc<Inner>>,
     stop: Option<watch::Sender<bool>>,
+    /// `tollgate_budget_check_duration_seconds`, registered once.
+    check_duration: metrics::Histogram,
 }
 
 impl std::fmt::Debug for BudgetGate {
@@ -69,6 +75,7 @@ impl BudgetGate {
         Self {
             inner: None,
             stop: None,
+            check_duration: metrics::histogram!(BUDGET_CHECK_DURATION),
         }
     }
 
@@ -104,11 +111,11 @@ impl BudgetGate {
             fresh: Cache::builder()
                 .max_capacity(CAPACITY)
                 .time_to_live(Duration::from_millis(cfg.cache_ttl_ms))
-                .build(),
+                .build_with_hasher(Default::default()),
             last: Cache::builder()
                 .max_capacity(CAPACITY)
                 .time_to_live(LAST_KNOWN)
-                .build(),
+                .build_with_hasher(Default::default()),
             down_until: AtomicI64::new(0),
         });
         let (stop, stopped) = watch::channel(false);
@@ -116,6 +123,7 @@ impl BudgetGate {
         Ok(Self {
             inner: Some(inner),
             stop: Some(stop),
+            check_duration: metrics::histogram!(BUDGET_CHECK_DURATION),
         })
     }
 
@@ -139,13 +147,28 @@ impl BudgetGate {
             return Ok(None);
         };
         let started = Instant::now();
-        let refs = ask.scopes.refs();
-        let lists =
-            futures::future::join_all(refs.iter().map(|r| Inner::decisions(inner, r))).await;
+        // Cached decisions first, without suspending; the scopes not cached are read together.
+        let mut lists: [Option<Decisions>; MAX_SCOPES] = Default::default();
+        let mut missing = false;
+        for (slot, scope) in lists.iter_mut().zip(ask.scopes.refs()) {
+            *slot = inner.fresh.get(scope).await;
+            missing |= slot.is_none();
+        }
+        if missing {
+            let reads = ask
+                .scopes
+                .refs()
+                .zip(lists.iter_mut())
+                .filter(|(_, l)| l.is_none());
+            futures::future::join_all(reads.map(|(scope, slot)| async move {
+                *slot = Some(Inner::decisions(inner, scope).await);
+            }))
+            .await;
+        }
         let now = now_ms();
         let mut reserve = Vec::new();
         let mut result = Ok(None);
-        for d in lists.iter().flat_map(|l| l.iter()) {
+        for d in lists.iter().flatten().flat_map(|l| l.iter()) {
             if !d.active(now) {
                 continue;
             }
@@ -163,7 +186,7 @@ impl BudgetGate {
         if result.is_ok() && !reserve.is_empty() {
             result = reserve::reserve(inner, ask, reserve).await;
         }
-        metrics::histogram!(BUDGET_CHECK_DURATION).record(started.elapsed().as_secs_f64());
+        self.check_duration.record(started.elapsed().as_secs_f64());
         result
     }
 
@@ -179,7 +202,7 @@ impl BudgetGate {
     ) -> Result<Option<Reservation>, BudgetError> {
         if self.inner.is_none() {
             // Recorded even when budgets are off: the check costs nothing then.
-            metrics::histogram!(BUDGET_CHECK_DURATION).record(0.0);
+            self.check_duration.record(0.0);
             return Ok(None);
         }
         let (worst_cost_nanos, worst_tokens) = super::worst_case(
@@ -190,10 +213,8 @@ impl BudgetGate {
         );
         let ask = Ask {
             scopes: super::Scopes {
-                key: &key.id,
-                team: &key.team_id,
-                account: &key.account_id,
-                model: &model.name,
+                key: &key.budget_scopes,
+                model: &model.budget_scope,
             },
             event_id,
             worst_cost_nanos,
@@ -246,9 +267,12 @@ impl Inner {
             return self.last.get(scope).await.unwrap_or_else(|| Arc::from([]));
         }
         let me = Arc::clone(self);
-        let key = scope.to_string();
-        let read = async move { me.read(&key).await };
-        match self.fresh.try_get_with(scope.to_string(), read).await {
+        let key: Arc<str> = scope.into();
+        let read = {
+            let key = Arc::clone(&key);
+            async move { me.read(key).await }
+        };
+        match self.fresh.try_get_with(key, read).await {
             Ok(d) => d,
             Err(e) => {
                 self.trip("read", &e);
@@ -257,8 +281,8 @@ impl Inner {
         }
     }
 
-    async fn read(&self, scope: &str) -> Result<Decisions, String> {
-        let key = redis_keys::budget_decisions(&self.prefix, scope);
+    async fn read(&self, scope: Arc<str>) -> Result<Decisions, String> {
+        let key = redis_keys::budget_decisions(&self.prefix, &scope);
         let mut conn = self.conn.clone();
         let cmd = redis::cmd("HGETALL").arg(&key).clone();
         let fields: Vec<(String, String)> =
@@ -272,12 +296,12 @@ impl Inner {
             .filter_map(|(field, json)| match serde_json::from_str::<Decision>(json) {
                 Ok(d) => Some(d),
                 Err(e) => {
-                    tracing::warn!(scope, field, error = %e, "unreadable budget decision skipped");
+                    tracing::warn!(scope = &*scope, field, error = %e, "unreadable budget decision skipped");
                     None
                 }
             })
             .collect();
-        self.last.insert(scope.to_string(), Arc::clone(&list)).await;
+        self.last.insert(scope, Arc::clone(&list)).await;
         Ok(list)
     }
 

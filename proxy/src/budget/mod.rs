@@ -26,35 +26,43 @@ pub use error::{BudgetError, Exceeded};
 pub use gate::{BudgetGate, GateStartError};
 pub use reserve::Reservation;
 
+use std::sync::Arc;
+
 use crate::routing::Model;
 use tollgate_schemas::budgets::entities::scope_ref;
 use tollgate_schemas::budgets::Scope;
 
-/// The ids a request is accounted under.
+/// The budget scope refs of an API key: `k:<id>`, `t:<team>` (when it has a team) and
+/// `a:<account>` (see [`scope_ref`]); the catalog makes them once per key.
+pub fn key_scopes(key: &str, team: &str, account: &str) -> Box<[Arc<str>]> {
+    let mut out: Vec<Arc<str>> = vec![scope_ref(Scope::Key, key).into()];
+    if !team.is_empty() {
+        out.push(scope_ref(Scope::Team, team).into());
+    }
+    out.push(scope_ref(Scope::Account, account).into());
+    out.into_boxed_slice()
+}
+
+/// The scopes a request is accounted under, as scope refs.
 #[derive(Debug, Clone, Copy)]
 pub struct Scopes<'a> {
-    /// API key id.
-    pub key: &'a str,
-    /// Team id (empty: none).
-    pub team: &'a str,
-    /// Account id.
-    pub account: &'a str,
-    /// Public model name.
-    pub model: &'a str,
+    /// The key's scopes ([`key_scopes`]).
+    pub key: &'a [Arc<str>],
+    /// The public model's (`m:<name>`).
+    pub model: &'a Arc<str>,
 }
+
+/// The ref of the global scope.
+pub const GLOBAL_SCOPE: &str = "g:*";
 
 impl Scopes<'_> {
     /// The scope refs to look up (`k:<id>`, `t:<id>`, `a:<id>`, `m:<name>`, `g:*`).
-    pub fn refs(&self) -> Vec<String> {
-        let mut out = Vec::with_capacity(5);
-        out.push(scope_ref(Scope::Key, self.key));
-        if !self.team.is_empty() {
-            out.push(scope_ref(Scope::Team, self.team));
-        }
-        out.push(scope_ref(Scope::Account, self.account));
-        out.push(scope_ref(Scope::Model, self.model));
-        out.push(scope_ref(Scope::Global, ""));
-        out
+    pub fn refs(&self) -> impl Iterator<Item = &str> {
+        self.key
+            .iter()
+            .chain(std::iter::once(self.model))
+            .map(|r| &**r)
+            .chain(std::iter::once(GLOBAL_SCOPE))
     }
 }
 
@@ -117,14 +125,19 @@ mod tests {
 
     #[test]
     fn scopes_skip_an_empty_team() {
+        let model: Arc<str> = "m:m".into();
+        let key = key_scopes("k1", "", "a1");
         let s = Scopes {
-            key: "k1",
-            team: "",
-            account: "a1",
-            model: "m",
+            key: &key,
+            model: &model,
         };
-        assert_eq!(s.refs(), vec!["k:k1", "a:a1", "m:m", "g:*"]);
-        let s = Scopes { team: "t", ..s };
-        assert_eq!(s.refs().len(), 5);
+        assert_eq!(s.refs().collect::<Vec<_>>(), ["k:k1", "a:a1", "m:m", "g:*"]);
+        let key = key_scopes("k1", "t", "a1");
+        let s = Scopes { key: &key, ..s };
+        assert_eq!(
+            s.refs().collect::<Vec<_>>(),
+            ["k:k1", "t:t", "a:a1", "m:m", "g:*"]
+        );
+        assert_eq!(scope_ref(Scope::Global, ""), GLOBAL_SCOPE);
     }
 }

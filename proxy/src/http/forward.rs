@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use serde_json::Value;
 
 use super::error::ApiError;
 use super::translate;
@@ -39,8 +38,8 @@ pub struct Call<'a> {
     pub model: &'a Model,
     /// Client endpoint.
     pub endpoint: Endpoint,
-    /// Parsed client body.
-    pub body: &'a Value,
+    /// The client's body.
+    pub body: &'a super::client_body::ClientBody,
     /// Whether the client asked for a stream.
     pub stream: bool,
     /// Request id.
@@ -113,7 +112,7 @@ pub async fn forward(
         match tokio::time::timeout(first_byte, client.send(req, deployment.protocol)).await {
             Ok(Ok(resp)) if retryable_status(resp.status()) => {
                 st.health.failure(deployment, &model.retry);
-                tracing::warn!(deployment = %deployment.key, status = resp.status().as_u16(), attempt = attempts, "upstream failed");
+                tracing::warn!(request_id = call.request_id, deployment = %deployment.key, status = resp.status().as_u16(), attempt = attempts, "upstream failed");
                 if last {
                     return Ok(Forwarded {
                         response: resp,
@@ -140,12 +139,12 @@ pub async fn forward(
             }
             Ok(Err(e)) => {
                 st.health.failure(deployment, &model.retry);
-                tracing::warn!(deployment = %deployment.key, error = %e, attempt = attempts, "upstream unreachable");
+                tracing::warn!(request_id = call.request_id, deployment = %deployment.key, error = %e, attempt = attempts, "upstream unreachable");
                 last_error = Some(e);
             }
             Err(_) => {
                 st.health.failure(deployment, &model.retry);
-                tracing::warn!(deployment = %deployment.key, attempt = attempts, "upstream first-byte timeout");
+                tracing::warn!(request_id = call.request_id, deployment = %deployment.key, attempt = attempts, "upstream first-byte timeout");
                 last_error = Some(ApiError::UpstreamTimeout);
             }
         }

@@ -232,7 +232,8 @@ where
                     }
                 }
                 Poll::Ready(Some(Err(e))) => {
-                    tracing::warn!(error = %e, "upstream stream broke");
+                    let request_id = this.meter.as_ref().map_or("", |m| m.request_id());
+                    tracing::warn!(request_id, error = %e, "upstream stream broke");
                     this.finish(502, Some("upstream_stream_error"));
                     return Poll::Ready(Some(Err(std::io::Error::other("upstream stream broke"))));
                 }

@@ -34,65 +34,12 @@ fn bad_request(e: TranslateError) -> ApiError {
     }
 }
 
-/// Whether an OpenAI client asked for the usage chunk.
-pub fn client_wants_usage(body: &Value) -> bool {
-    body.pointer("/stream_options/include_usage") == Some(&Value::Bool(true))
-}
-
 fn ask_for_usage(obj: &mut Map<String, Value>) {
     let opts = obj
         .entry("stream_options")
         .or_insert_with(|| Value::Object(Map::new()));
     if let Value::Object(o) = opts {
         o.insert("include_usage".into(), Value::Bool(true));
-    }
-}
-
-/// A passthrough body as the upstream sees it: the client's fields in order, `model` replaced
-/// and, when asked, `stream_options.include_usage` set. Serialised directly from the client's
-/// parsed body, so the hot path copies no JSON tree per attempt.
-struct Patched<'a> {
-    body: &'a Map<String, Value>,
-    model: &'a str,
-    ask_usage: bool,
-}
-
-impl serde::Serialize for Patched<'_> {
-    fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeMap;
-        let mut map = ser.serialize_map(None)?;
-        let mut model_seen = false;
-        let mut options_seen = false;
-        for (k, v) in self.body {
-            match k.as_str() {
-                "model" => {
-                    model_seen = true;
-                    map.serialize_entry(k, self.model)?;
-                }
-                "stream_options" if self.ask_usage => {
-                    options_seen = true;
-                    match v {
-                        Value::Object(o) => {
-                            let mut o = o.clone();
-                            o.insert("include_usage".into(), Value::Bool(true));
-                            map.serialize_entry(k, &o)?;
-                        }
-                        other => map.serialize_entry(k, other)?,
-                    }
-                }
-                _ => map.serialize_entry(k, v)?,
-            }
-        }
-        if !model_seen {
-            map.serialize_entry("model", self.model)?;
-        }
-        if self.ask_usage && !options_seen {
-            map.serialize_entry(
-                "stream_options",
-                &serde_json::json!({"include_usage": true}),
-            )?;
-        }
-        map.end()
     }
 }
 
@@ -108,18 +55,14 @@ pub fn request_body(
         Endpoint::ChatCompletions | Endpoint::Completions | Endpoint::Messages
     );
     let ask_usage = call.stream && openai_upstream && streams;
-    match (route, call.body) {
-        (Route::Passthrough, Value::Object(body)) => encode(&Patched {
-            body,
-            model: &deployment.upstream_model,
-            ask_usage,
-        }),
-        (Route::Passthrough, other) => encode(other),
-        (Route::ChatToAnthropic | Route::MessagesToOpenai, _) => {
+    match route {
+        Route::Passthrough => call.body.passthrough(&deployment.upstream_model, ask_usage),
+        Route::ChatToAnthropic | Route::MessagesToOpenai => {
+            let tree = call.body.tree()?;
             let mut body = if route == Route::ChatToAnthropic {
-                anthropic::openai_to_anthropic_request(call.body).map_err(bad_request)?
+                anthropic::openai_to_anthropic_request(tree).map_err(bad_request)?
             } else {
-                anthropic::anthropic_to_openai_request(call.body).map_err(bad_request)?
+                anthropic::anthropic_to_openai_request(tree).map_err(bad_request)?
             };
             if let Value::Object(obj) = &mut body {
                 obj.insert(
@@ -208,7 +151,7 @@ pub fn stream_stages(
             format: MeterFormat::Openai,
             pre: None,
             post: None,
-            hide_usage: !client_wants_usage(call.body),
+            hide_usage: !call.body.wants_usage(),
             rename_model: rename,
         },
         Route::ChatToAnthropic => StreamStages {
@@ -219,7 +162,7 @@ pub fn stream_stages(
                 true,
             )))),
             post: None,
-            hide_usage: !client_wants_usage(call.body),
+            hide_usage: !call.body.wants_usage(),
             rename_model: None,
         },
         Route::MessagesToOpenai => StreamStages {
@@ -356,7 +299,7 @@ pub fn response_body(
     match translated {
         Ok(v) => to_client(v),
         Err(e) => {
-            tracing::warn!(error = %e, endpoint = endpoint.as_str(), "untranslatable upstream response");
+            tracing::warn!(request_id = call.request_id, error = %e, endpoint = endpoint.as_str(), "untranslatable upstream response");
             let err = ApiError::UpstreamUnavailable(format!("untranslatable response: {e}"));
             let body = if endpoint.anthropic_client() {
                 err.anthropic_body()
@@ -422,47 +365,6 @@ impl std::fmt::Debug for StreamStages {
         f.debug_struct("StreamStages")
             .field("format", &self.format)
             .finish_non_exhaustive()
-    }
-}
-
-#[cfg(test)]
-mod patched_tests {
-    use super::*;
-
-    #[test]
-    fn passthrough_replaces_model_and_asks_for_usage_without_copying_the_body() {
-        let body = serde_json::json!({"model": "public", "stream": true, "x_custom": {"a": 1},
-                                      "stream_options": {"other": 2}});
-        let Value::Object(map) = &body else {
-            unreachable!()
-        };
-        let bytes = serde_json::to_vec(&Patched {
-            body: map,
-            model: "up",
-            ask_usage: true,
-        })
-        .unwrap();
-        let v: Value = serde_json::from_slice(&bytes).unwrap();
-        assert_eq!(v["model"], "up");
-        assert_eq!(v["x_custom"]["a"], 1);
-        assert_eq!(
-            v["stream_options"],
-            serde_json::json!({"other": 2, "include_usage": true})
-        );
-        let bare = serde_json::json!({"input": "x"});
-        let Value::Object(map) = &bare else {
-            unreachable!()
-        };
-        let v: Value = serde_json::from_slice(
-            &serde_json::to_vec(&Patched {
-                body: map,
-                model: "m",
-                ask_usage: false,
-            })
-            .unwrap(),
-        )
-        .unwrap();
-        assert_eq!(v, serde_json::json!({"input": "x", "model": "m"}));
     }
 }
 

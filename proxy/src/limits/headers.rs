@@ -104,37 +104,45 @@ impl RateHeaders {
     }
 
     /// Write the headers. Their values are written into one buffer and share it: one
-    /// allocation per response instead of one or two per header.
+    /// allocation per response instead of one or two per header; the names are constants.
     pub fn apply(&self, h: &mut HeaderMap) {
-        use std::fmt::Write as _;
         let mut buf = BytesMut::with_capacity(96);
-        let mut set = |name: &'static str, value: Value| {
-            let written = match value {
-                Value::Count(n) => write!(buf, "{n}"),
+        h.reserve(8);
+        let mut set = |name: &HeaderName, value: Value| {
+            match value {
+                Value::Count(n) => buf.extend_from_slice(itoa::Buffer::new().format(n).as_bytes()),
                 Value::Reset(ms) => write_human(&mut buf, ms),
-            };
-            if written.is_ok() {
-                if let Ok(v) = HeaderValue::from_maybe_shared(buf.split().freeze()) {
-                    h.insert(HeaderName::from_static(name), v);
-                }
+            }
+            if let Ok(v) = HeaderValue::from_maybe_shared(buf.split().freeze()) {
+                h.insert(name.clone(), v);
             }
         };
         if let Some(q) = self.requests {
-            set("x-ratelimit-limit-requests", Value::Count(q.limit));
-            set("x-ratelimit-remaining-requests", Value::Count(q.remaining));
-            set("x-ratelimit-reset-requests", Value::Reset(q.reset_ms));
+            set(&LIMIT_REQUESTS, Value::Count(q.limit));
+            set(&REMAINING_REQUESTS, Value::Count(q.remaining));
+            set(&RESET_REQUESTS, Value::Reset(q.reset_ms));
         }
         if let Some(q) = self.tokens {
-            set("x-ratelimit-limit-tokens", Value::Count(q.limit));
-            set("x-ratelimit-remaining-tokens", Value::Count(q.remaining));
-            set("x-ratelimit-reset-tokens", Value::Reset(q.reset_ms));
+            set(&LIMIT_TOKENS, Value::Count(q.limit));
+            set(&REMAINING_TOKENS, Value::Count(q.remaining));
+            set(&RESET_TOKENS, Value::Reset(q.reset_ms));
         }
         if let Some((limit, remaining)) = self.concurrent {
-            set("x-ratelimit-limit-concurrent", Value::Count(limit));
-            set("x-ratelimit-remaining-concurrent", Value::Count(remaining));
+            set(&LIMIT_CONCURRENT, Value::Count(limit));
+            set(&REMAINING_CONCURRENT, Value::Count(remaining));
         }
     }
 }
+
+const LIMIT_REQUESTS: HeaderName = HeaderName::from_static("x-ratelimit-limit-requests");
+const REMAINING_REQUESTS: HeaderName = HeaderName::from_static("x-ratelimit-remaining-requests");
+const RESET_REQUESTS: HeaderName = HeaderName::from_static("x-ratelimit-reset-requests");
+const LIMIT_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-limit-tokens");
+const REMAINING_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-remaining-tokens");
+const RESET_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-reset-tokens");
+const LIMIT_CONCURRENT: HeaderName = HeaderName::from_static("x-ratelimit-limit-concurrent");
+const REMAINING_CONCURRENT: HeaderName =
+    HeaderName::from_static("x-ratelimit-remaining-concurrent");
 
 /// A header value before it is written.
 enum Value {
@@ -143,17 +151,23 @@ enum Value {
 }
 
 /// Write a duration as OpenAI does: `250ms`, `55s`, `6m0s`, `23h59m0s`.
-fn write_human(out: &mut impl std::fmt::Write, ms: u64) -> std::fmt::Result {
+fn write_human(out: &mut BytesMut, ms: u64) {
+    let mut num = |n: u64, unit: &str| {
+        out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+        out.extend_from_slice(unit.as_bytes());
+    };
     if ms < 1_000 {
-        return write!(out, "{ms}ms");
+        return num(ms, "ms");
     }
     let secs = ms.div_ceil(1_000);
     let (h, m, s) = (secs / 3_600, secs / 60 % 60, secs % 60);
-    match (h, m) {
-        (0, 0) => write!(out, "{s}s"),
-        (0, m) => write!(out, "{m}m{s}s"),
-        (h, m) => write!(out, "{h}h{m}m{s}s"),
+    if h > 0 {
+        num(h, "h");
     }
+    if h > 0 || m > 0 {
+        num(m, "m");
+    }
+    num(s, "s");
 }
 
 #[cfg(test)]
@@ -161,9 +175,9 @@ mod tests {
     use super::*;
 
     fn human(ms: u64) -> String {
-        let mut out = String::new();
-        write_human(&mut out, ms).unwrap();
-        out
+        let mut out = BytesMut::new();
+        write_human(&mut out, ms);
+        String::from_utf8(out.to_vec()).unwrap()
     }
 
     #[test]
@@ -173,6 +187,7 @@ mod tests {
         assert_eq!(human(1_000), "1s");
         assert_eq!(human(54_001), "55s");
         assert_eq!(human(360_000), "6m0s");
+        assert_eq!(human(3_600_000), "1h0m0s");
         assert_eq!(human(86_400_000), "24h0m0s");
     }
 

@@ -26,32 +26,65 @@ pub fn estimate(text: &str) -> i64 {
     (ascii.div_ceil(4) + other) as i64
 }
 
+/// [`estimate`] over several texts, each followed by a newline (as if joined), plus 4 tokens
+/// of framing per message: what [`estimate_prompt`] adds up, without joining the texts.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Tally {
+    ascii: usize,
+    other: usize,
+    messages: i64,
+}
+
+impl Tally {
+    /// Add a text and its newline.
+    pub fn text(&mut self, text: &str) {
+        let ascii = text.bytes().filter(u8::is_ascii).count();
+        self.ascii += ascii + 1;
+        self.other += text.chars().count() - ascii;
+    }
+
+    /// Add a message's framing.
+    pub fn message(&mut self) {
+        self.messages += 1;
+    }
+
+    /// Add another tally.
+    pub fn add(&mut self, other: &Tally) {
+        self.ascii += other.ascii;
+        self.other += other.other;
+        self.messages += other.messages;
+    }
+
+    /// The estimate.
+    pub fn estimate(&self) -> i64 {
+        (self.ascii.div_ceil(4) + self.other) as i64 + 4 * self.messages
+    }
+}
+
 /// Estimate the prompt tokens of an OpenAI or Anthropic request body: the text of every
 /// message/content part, `prompt`, `input` and `system` ([`estimate`]), plus 4 tokens of
 /// framing per message. It sizes limit and budget reservations (settled with the real usage
 /// afterwards) on every request, so it does not load the tokenizer: the tokenizer (tens of MB)
-/// is loaded only when an upstream reports no usage and the completion must be counted.
+/// is loaded only when an upstream reports no usage and the completion must be counted. The
+/// request path reads the same from the raw body (`http::client_body`); this is the estimate
+/// of a parsed tree.
 pub fn estimate_prompt(body: &serde_json::Value) -> i64 {
-    let mut text = String::new();
-    let mut messages = 0i64;
-    collect(body.get("system"), &mut text);
-    collect(body.get("prompt"), &mut text);
-    collect(body.get("input"), &mut text);
+    let mut t = Tally::default();
+    collect(body.get("system"), &mut t);
+    collect(body.get("prompt"), &mut t);
+    collect(body.get("input"), &mut t);
     if let Some(msgs) = body.get("messages").and_then(|m| m.as_array()) {
         for m in msgs {
-            messages += 1;
-            collect(m.get("content"), &mut text);
+            t.message();
+            collect(m.get("content"), &mut t);
         }
     }
-    estimate(&text) + 4 * messages
+    t.estimate()
 }
 
-fn collect(v: Option<&serde_json::Value>, out: &mut String) {
+fn collect(v: Option<&serde_json::Value>, out: &mut Tally) {
     match v {
-        Some(serde_json::Value::String(s)) => {
-            out.push_str(s);
-            out.push('\n');
-        }
+        Some(serde_json::Value::String(s)) => out.text(s),
         Some(serde_json::Value::Array(items)) => {
             for item in items {
                 match item {

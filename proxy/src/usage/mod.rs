@@ -4,7 +4,6 @@ pub mod metrics;
 pub mod publisher;
 pub mod spool;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -134,22 +133,15 @@ impl Meter {
     }
 
     /// Keep client metadata (string values only, bounded).
-    pub fn set_metadata(&mut self, meta: &serde_json::Map<String, serde_json::Value>) {
-        let Some(ev) = self.event.as_mut() else {
-            return;
-        };
-        let mut out = HashMap::new();
-        for (k, v) in meta.iter() {
-            if out.len() >= METADATA_MAX_ENTRIES {
-                break;
-            }
-            if let Some(s) = v.as_str() {
-                if k.len() <= METADATA_MAX_KEY && s.len() <= METADATA_MAX_VALUE {
-                    out.insert(k.clone(), s.to_string());
-                }
-            }
+    pub fn set_metadata(&mut self, entries: Vec<(String, String)>) {
+        if let Some(ev) = self.event.as_mut() {
+            ev.metadata = entries.into_iter().collect();
         }
-        ev.metadata = out;
+    }
+
+    /// The request id (empty once the event is emitted).
+    pub fn request_id(&self) -> &str {
+        self.event.as_ref().map_or("", |e| e.request_id.as_str())
     }
 
     /// The usage event id (also names the request's budget reservation).
