@@ -6,6 +6,7 @@
 //! change does not forget it.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -36,6 +37,8 @@ pub struct Deployment {
     pub priority: u32,
     /// HTTP versions spoken to it.
     pub protocol: crate::providers::pool::Protocol,
+    /// Its upstream URIs, key header and pool origin, made once.
+    pub target: crate::providers::Target,
 }
 
 /// A servable model.
@@ -116,8 +119,8 @@ impl ApiKey {
 /// Models and keys, built once per config version.
 #[derive(Debug, Default)]
 pub struct Catalog {
-    models: HashMap<String, Arc<Model>>,
-    keys: HashMap<[u8; 32], Arc<ApiKey>>,
+    models: foldhash::HashMap<String, Arc<Model>>,
+    keys: foldhash::HashMap<[u8; 32], Arc<ApiKey>>,
     /// Config version this snapshot was built from (0 for a file).
     pub version: u64,
 }
@@ -149,26 +152,36 @@ impl Catalog {
                         let upstream_model =
                             d.upstream_model.clone().unwrap_or_else(|| m.name.clone());
                         let base_url = d.base_url.trim_end_matches('/').to_string();
+                        let api_key = d
+                            .api_key
+                            .as_ref()
+                            .map(|s| s.expose().to_string())
+                            .or_else(|| d.api_key_env.as_deref().and_then(&env));
+                        let api_version = d
+                            .api_version
+                            .clone()
+                            .unwrap_or_else(|| AZURE_DEFAULT_API_VERSION.into());
+                        let protocol =
+                            crate::providers::pool::Protocol::of(d.http2, d.http2_prior_knowledge);
+                        let target = crate::providers::Target::new(
+                            d.provider,
+                            &base_url,
+                            &upstream_model,
+                            &api_version,
+                            api_key.as_deref(),
+                            protocol,
+                        );
                         Arc::new(Deployment {
                             key: format!("{}|{}|{}", m.name, base_url, upstream_model),
                             provider: d.provider,
                             base_url,
                             upstream_model,
-                            api_key: d
-                                .api_key
-                                .as_ref()
-                                .map(|s| s.expose().to_string())
-                                .or_else(|| d.api_key_env.as_deref().and_then(&env)),
-                            api_version: d
-                                .api_version
-                                .clone()
-                                .unwrap_or_else(|| AZURE_DEFAULT_API_VERSION.into()),
+                            api_key,
+                            api_version,
                             weight: d.weight,
                             priority: d.priority,
-                            protocol: crate::providers::pool::Protocol::of(
-                                d.http2,
-                                d.http2_prior_knowledge,
-                            ),
+                            protocol,
+                            target,
                         })
                     })
                     .collect();
@@ -247,11 +260,16 @@ struct HealthState {
 #[derive(Debug, Default)]
 pub struct Health {
     states: Mutex<HashMap<String, HealthState>>,
+    /// Entries in `states`: while none, requests read and clear nothing under the lock.
+    tracked: AtomicUsize,
 }
 
 impl Health {
     /// Whether a deployment is cooling down now.
     pub fn cooling(&self, d: &Deployment) -> bool {
+        if self.tracked.load(Ordering::Acquire) == 0 {
+            return false;
+        }
         let now = Instant::now();
         self.states
             .lock()
@@ -265,8 +283,12 @@ impl Health {
 
     /// Record a success: the failure streak ends.
     pub fn success(&self, d: &Deployment) {
+        if self.tracked.load(Ordering::Acquire) == 0 {
+            return;
+        }
         if let Ok(mut s) = self.states.lock() {
             s.remove(&d.key);
+            self.tracked.store(s.len(), Ordering::Release);
         }
     }
 
@@ -278,12 +300,13 @@ impl Health {
         };
         let h = s.entry(d.key.clone()).or_default();
         h.failures += 1;
-        if h.failures >= policy.cooldown_after_failures {
+        let cooled = h.failures >= policy.cooldown_after_failures;
+        if cooled {
             h.failures = 0;
             h.cooldown_until = Some(Instant::now() + Duration::from_secs(policy.cooldown_secs));
-            return true;
         }
-        false
+        self.tracked.store(s.len(), Ordering::Release);
+        cooled
     }
 }
 
@@ -294,6 +317,9 @@ pub fn attempt_order(
     health: &Health,
     mut rand: impl FnMut() -> f64,
 ) -> Vec<Arc<Deployment>> {
+    if let [only] = model.deployments.as_slice() {
+        return vec![only.clone()];
+    }
     let (ready, cooling): (Vec<_>, Vec<_>) = model
         .deployments
         .iter()

@@ -44,6 +44,8 @@ pub struct Call<'a> {
     pub stream: bool,
     /// Request id.
     pub request_id: &'a str,
+    /// Request id as the header sent upstream.
+    pub request_id_header: &'a http::HeaderValue,
     /// Client's `anthropic-version`, passed on to Anthropic upstreams.
     pub anthropic_version: Option<&'a str>,
 }
@@ -102,14 +104,14 @@ pub async fn forward(
             call.endpoint,
             *route,
             body,
-            call.request_id,
+            call.request_id_header,
             call.anthropic_version,
         )
         .map_err(|e| (e, attempts))?;
         let deadline = tokio::time::Instant::now() + Duration::from_millis(timeouts.total_ms);
         let first_byte = Duration::from_millis(timeouts.first_byte_ms.min(timeouts.total_ms));
         let last = i + 1 == max;
-        match tokio::time::timeout(first_byte, client.send(req, deployment.protocol)).await {
+        match tokio::time::timeout(first_byte, client.send(req, &deployment.target.origin)).await {
             Ok(Ok(resp)) if retryable_status(resp.status()) => {
                 st.health.failure(deployment, &model.retry);
                 tracing::warn!(request_id = call.request_id, deployment = %deployment.key, status = resp.status().as_u16(), attempt = attempts, "upstream failed");

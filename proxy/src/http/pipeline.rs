@@ -68,9 +68,11 @@ async fn handle(st: AppState, req: Request, endpoint: Endpoint) -> Response {
             }
         }
     };
-    resp.headers_mut().insert("x-request-id", rid);
+    resp.headers_mut().insert(X_REQUEST_ID, rid);
     resp
 }
+
+const X_REQUEST_ID: axum::http::HeaderName = axum::http::HeaderName::from_static("x-request-id");
 
 async fn run(
     st: &AppState,
@@ -80,11 +82,11 @@ async fn run(
 ) -> Result<Response, ApiError> {
     let catalog = st.catalog.borrow().clone();
     let key = authenticate(&catalog, req.headers())?;
-    let rid = rid.to_str().unwrap_or("unknown");
+    let rid_str = rid.to_str().unwrap_or("unknown");
     let mut meter = Some(Meter::start(
         st.usage.clone(),
         &st.proxy_id,
-        rid,
+        rid_str,
         &key,
         endpoint,
     ));
@@ -187,7 +189,7 @@ async fn serve(
     key: &ApiKey,
     req: Request,
     endpoint: Endpoint,
-    rid: &str,
+    rid_header: &HeaderValue,
     meter: &mut Option<Meter>,
 ) -> Result<Response, ApiError> {
     let anthropic_version = req
@@ -248,7 +250,8 @@ async fn serve(
         endpoint,
         body: &body,
         stream,
-        request_id: rid,
+        request_id: rid_header.to_str().unwrap_or("unknown"),
+        request_id_header: rid_header,
         anthropic_version: anthropic_version.as_deref(),
     };
     let fwd = match forward(st, &call, |d| {
@@ -377,6 +380,6 @@ pub async fn list_models(State(st): State<AppState>, req: Request) -> Response {
         }
         Err(e) => e.into_response(),
     };
-    resp.headers_mut().insert("x-request-id", rid);
+    resp.headers_mut().insert(X_REQUEST_ID, rid);
     resp
 }

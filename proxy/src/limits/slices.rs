@@ -23,7 +23,6 @@
 //! `1 / share` of what was left per grant), and `x-ratelimit-remaining-*` of a request
 //! admitted from a slice is this proxy's view at its last grant.
 
-use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -234,7 +233,7 @@ type Key = (LimitEntity, Arc<str>);
 pub struct Slices {
     enabled: bool,
     share: i64,
-    entities: Mutex<HashMap<Key, Entity>>,
+    entities: Mutex<foldhash::HashMap<Key, Entity>>,
 }
 
 impl Slices {
@@ -253,7 +252,7 @@ impl Slices {
         self.share
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<Key, Entity>> {
+    fn lock(&self) -> MutexGuard<'_, foldhash::HashMap<Key, Entity>> {
         self.entities.lock().unwrap_or_else(|p| p.into_inner())
     }
 

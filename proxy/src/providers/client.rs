@@ -11,7 +11,6 @@
 //! connection. It also skips reqwest's per-request layers (URL parsing, boxed timeouts); the
 //! request's deadline is enforced here, body included ([`BodyStream`]).
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -101,15 +100,15 @@ impl Upstream {
             .build(connector.clone())
     }
 
-    /// Send `req` over `protocol`; resolves with the response head (the body streams
-    /// afterwards and holds the request's place on its connection).
+    /// Send `req` to `origin` (its scheme and authority, and the protocol spoken); resolves
+    /// with the response head (the body streams afterwards and holds the request's place on
+    /// its connection).
     pub async fn send(
         &self,
         req: http::Request<RequestBody>,
-        protocol: Protocol,
+        origin: &Origin,
     ) -> Result<http::Response<UpstreamBody>, ApiError> {
-        let origin = Origin::of(req.uri(), protocol);
-        let (client, slot) = self.shards.checkout(&origin, || self.pool(protocol));
+        let (client, slot) = self.shards.checkout(origin, || self.pool(origin.protocol));
         let resp = client.request(req).await.map_err(|e| classify(&e))?;
         Ok(resp.map(|body| UpstreamBody { body, _slot: slot }))
     }
@@ -119,7 +118,7 @@ impl Upstream {
 #[derive(Debug)]
 pub struct Clients {
     max_streams: usize,
-    by_connect_ms: Mutex<HashMap<u64, Upstream>>,
+    by_connect_ms: Mutex<foldhash::HashMap<u64, Upstream>>,
 }
 
 impl Clients {
@@ -128,7 +127,7 @@ impl Clients {
     pub fn new(max_streams: usize) -> Self {
         Self {
             max_streams,
-            by_connect_ms: Mutex::new(HashMap::new()),
+            by_connect_ms: Mutex::new(foldhash::HashMap::default()),
         }
     }
 
@@ -294,7 +293,13 @@ mod tests {
         let client = Upstream::new(Duration::from_millis(500), 100).unwrap();
         // Port 9 (discard) on loopback: nothing listens there.
         let req = post("http://user:secret@127.0.0.1:9/v1/chat/completions");
-        let err = client.send(req, Protocol::Http1).await.unwrap_err();
+        let err = client
+            .send(
+                req,
+                &Origin::of(&"http://127.0.0.1:9".parse().unwrap(), Protocol::Http1),
+            )
+            .await
+            .unwrap_err();
         let text = format!("{err:?}");
         assert!(matches!(err, ApiError::UpstreamUnavailable(_)), "{text}");
         assert!(!text.contains("secret"), "{text}");
@@ -317,7 +322,8 @@ mod tests {
 
     async fn response(url: &str) -> http::Response<UpstreamBody> {
         let client = Upstream::new(Duration::from_secs(1), 100).unwrap();
-        client.send(post(url), Protocol::Http1).await.unwrap()
+        let origin = Origin::of(&url.parse().unwrap(), Protocol::Http1);
+        client.send(post(url), &origin).await.unwrap()
     }
 
     #[tokio::test]
@@ -400,7 +406,8 @@ mod tests {
         use std::sync::atomic::Ordering;
         let (url, conns, h2_requests) = h2c_upstream().await;
         let client = Upstream::new(Duration::from_secs(1), 2).unwrap();
-        let send = || client.send(post(&url), Protocol::Http2PriorKnowledge);
+        let origin = Origin::of(&url.parse().unwrap(), Protocol::Http2PriorKnowledge);
+        let send = || client.send(post(&url), &origin);
         let a = send().await.unwrap();
         let b = send().await.unwrap();
         let c = send().await.unwrap();

@@ -11,11 +11,8 @@
 //!
 //! A request's place is held by a [`Slot`] until its response body is dropped.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-
-use http::uri::{Authority, Scheme};
 
 /// Shards of one origin at most; past this the least busy shard takes the request (a provider
 /// connection then queues it until a stream ends).
@@ -49,24 +46,25 @@ impl Protocol {
 /// Default of `upstream_http2_max_streams`: the minimum RFC 9113 advises servers to allow.
 pub const DEFAULT_MAX_STREAMS: usize = 100;
 
-/// Which pool family a request belongs to.
+/// Which pool family a request belongs to: an origin (`scheme://host:port`, lower case) and
+/// the protocol spoken to it. Made once per deployment ([`crate::providers::Target`]); cheap
+/// to hash (one string) and to clone.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Origin {
     /// The HTTP versions spoken to it.
     pub protocol: Protocol,
-    /// `http` or `https`.
-    pub scheme: Option<Scheme>,
-    /// Host and port.
-    pub authority: Option<Authority>,
+    /// `scheme://authority`, lower case.
+    pub authority: Arc<str>,
 }
 
 impl Origin {
     /// The origin of `uri`.
     pub fn of(uri: &http::Uri, protocol: Protocol) -> Self {
+        let scheme = uri.scheme_str().unwrap_or("http");
+        let host = uri.authority().map_or("", |a| a.as_str());
         Self {
             protocol,
-            scheme: uri.scheme().cloned(),
-            authority: uri.authority().cloned(),
+            authority: format!("{scheme}://{host}").to_ascii_lowercase().into(),
         }
     }
 }
@@ -81,7 +79,7 @@ struct Shard<C> {
 #[derive(Debug)]
 pub struct Shards<C> {
     max_streams: usize,
-    by_origin: Mutex<HashMap<Origin, Vec<Shard<C>>>>,
+    by_origin: Mutex<foldhash::HashMap<Origin, Vec<Shard<C>>>>,
 }
 
 /// One request's place on a shard; frees it when dropped.
@@ -99,7 +97,7 @@ impl<C: Clone> Shards<C> {
     pub fn new(max_streams: usize) -> Self {
         Self {
             max_streams: max_streams.max(1),
-            by_origin: Mutex::new(HashMap::new()),
+            by_origin: Mutex::new(foldhash::HashMap::default()),
         }
     }
 

@@ -122,6 +122,8 @@ pub struct UsageSink {
     tx: Option<mpsc::Sender<UsageEvent>>,
     seq: Arc<AtomicI64>,
     stats: Arc<PublisherStats>,
+    /// `tollgate_usage_events_submitted_total`, registered once.
+    submitted: metrics::Counter,
 }
 
 impl UsageSink {
@@ -132,7 +134,7 @@ impl UsageSink {
         match tx.try_send(event) {
             Ok(()) => {
                 self.stats.submitted.fetch_add(1, Ordering::Relaxed);
-                metrics::counter!(telemetry::USAGE_EVENTS_SUBMITTED).increment(1);
+                self.submitted.increment(1);
             }
             Err(e) => {
                 count_drop(&self.stats, reason::QUEUE_FULL, 1);
@@ -197,6 +199,7 @@ impl Publisher {
                 tx: None,
                 seq: Arc::new(AtomicI64::new(0)),
                 stats: stats.clone(),
+                submitted: metrics::counter!(telemetry::USAGE_EVENTS_SUBMITTED),
             };
             let off = Self {
                 stats,
@@ -226,6 +229,7 @@ impl Publisher {
             tx: Some(tx),
             seq: Arc::new(AtomicI64::new(0)),
             stats: stats.clone(),
+            submitted: metrics::counter!(telemetry::USAGE_EVENTS_SUBMITTED),
         };
         let running = Running {
             task,
@@ -362,8 +366,9 @@ async fn run(
     topic: String,
     shared: Arc<Shared>,
 ) {
+    let queued = metrics::gauge!(telemetry::USAGE_QUEUE_EVENTS);
     while let Some(event) = rx.recv().await {
-        metrics::gauge!(telemetry::USAGE_QUEUE_EVENTS).set(rx.len() as f64);
+        queued.set(rx.len() as f64);
         let payload = match tollgate_schemas::encode(&event) {
             Ok(p) => p,
             Err(e) => {

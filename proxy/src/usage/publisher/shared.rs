@@ -42,6 +42,8 @@ pub(super) struct Shared {
     failed_generation: AtomicU64,
     /// Wakes the replayer when something was spooled.
     pub(super) wake: Notify,
+    /// `tollgate_usage_events_published_total` (counted per delivery report), registered once.
+    published: metrics::Counter,
 }
 
 impl Shared {
@@ -53,6 +55,7 @@ impl Shared {
             failed_generation: AtomicU64::new(0),
             wake: Notify::new(),
             spool: spool.map(|s| Mutex::new(Some(s))),
+            published: metrics::counter!(telemetry::USAGE_EVENTS_PUBLISHED),
         };
         shared.with_spool(|_| ());
         shared
@@ -137,7 +140,7 @@ impl Shared {
     /// Count events acknowledged by Kafka.
     pub(super) fn published(&self, n: u64) {
         self.stats.delivered.fetch_add(n, Ordering::Relaxed);
-        metrics::counter!(telemetry::USAGE_EVENTS_PUBLISHED).increment(n);
+        self.published.increment(n);
     }
 
     /// Count spooled events acknowledged by Kafka.
