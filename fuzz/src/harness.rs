@@ -4,6 +4,7 @@
 //! are invariants that hold for every input.
 
 use serde_json::Value;
+use tollgate_proxy::http::chunk;
 use tollgate_proxy::http::client_body::ClientBody;
 use tollgate_proxy::http::pipeline::check_fields;
 use tollgate_proxy::http::sse::{self, EventSplitter};
@@ -99,7 +100,15 @@ pub fn sse_stream(data: &[u8]) {
     for chunk in chunks(data) {
         for event in splitter.push(chunk) {
             seen.extend_from_slice(&event);
-            let _ = sse::data_of(&event);
+            if let Some(data) = sse::data_of(&event) {
+                // The fast chunk reader agrees with serde on well-formed chunks it reads.
+                let data = data.trim_ascii();
+                if let Some(fast) = chunk::read(data) {
+                    if serde_json::from_slice::<Value>(data).is_ok() {
+                        assert_eq!(Some(fast), sse::probe_openai(data), "chunk readers differ");
+                    }
+                }
+            }
             let _ = sse::inspect_openai(&event);
             let (_, usage) = sse::inspect_anthropic(&event);
             if let Some(u) = usage {

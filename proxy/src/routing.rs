@@ -39,6 +39,9 @@ pub struct Deployment {
     pub protocol: crate::providers::pool::Protocol,
     /// Its upstream URIs, key header and pool origin, made once.
     pub target: crate::providers::Target,
+    /// Renames the upstream model to the public name in stream events (none when they are the
+    /// same).
+    pub stream_rename: Option<Arc<crate::http::sse::ModelRename>>,
 }
 
 /// A servable model.
@@ -171,7 +174,11 @@ impl Catalog {
                             api_key.as_deref(),
                             protocol,
                         );
+                        let stream_rename = (upstream_model != m.name).then(|| {
+                            Arc::new(crate::http::sse::ModelRename::new(&upstream_model, &m.name))
+                        });
                         Arc::new(Deployment {
+                            stream_rename,
                             key: format!("{}|{}|{}", m.name, base_url, upstream_model),
                             provider: d.provider,
                             base_url,

@@ -2,6 +2,7 @@
 
 pub mod auth;
 pub mod body;
+pub mod chunk;
 pub mod client_body;
 pub mod error;
 pub mod forward;

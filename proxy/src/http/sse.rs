@@ -1,6 +1,8 @@
 //! Server-sent-event helpers: splitting a byte stream into events, inspecting events for
 //! metering (OpenAI chunks and Anthropic events), and rewriting the model name in place.
 
+use std::borrow::Cow;
+
 use bytes::BytesMut;
 use serde::de::IgnoredAny;
 use serde::Deserialize;
@@ -25,17 +27,7 @@ impl EventSplitter {
         let mut out = Vec::new();
         loop {
             let from = self.scanned.saturating_sub(3);
-            let end = self.buf[from..].windows(2).enumerate().find_map(|(i, w)| {
-                let at = from + i;
-                if w == b"\n\n" {
-                    Some(at + 2)
-                } else if w == b"\r\n" && self.buf[at..].starts_with(b"\r\n\r\n") {
-                    Some(at + 4)
-                } else {
-                    None
-                }
-            });
-            match end {
+            match terminator_end(&self.buf, from) {
                 Some(end) => {
                     out.push(self.buf.split_to(end));
                     self.scanned = 0;
@@ -56,27 +48,51 @@ impl EventSplitter {
     }
 }
 
-/// Position of `needle` in `hay`.
-pub fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    if needle.is_empty() || hay.len() < needle.len() {
-        return None;
+/// The end (after the blank line) of the first event terminator (`\n\n` or `\r\n\r\n`) at or
+/// after `from`.
+fn terminator_end(buf: &[u8], from: usize) -> Option<usize> {
+    let tail = buf.get(from..)?;
+    for at in memchr::memchr_iter(b'\n', tail).map(|i| from + i) {
+        match buf.get(at + 1) {
+            Some(b'\n') => return Some(at + 2),
+            Some(b'\r') if buf.get(at + 2) == Some(&b'\n') && at >= 1 && buf[at - 1] == b'\r' => {
+                return Some(at + 3)
+            }
+            _ => {}
+        }
     }
-    hay.windows(needle.len()).position(|w| w == needle)
+    None
 }
 
-/// The `data:` payloads of an event, joined by `\n` as the SSE spec says.
-pub fn data_of(event: &[u8]) -> Option<Vec<u8>> {
-    let mut data: Option<Vec<u8>> = None;
-    for line in event.split(|b| *b == b'\n') {
+/// Position of `needle` in `hay`.
+pub fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    if needle.is_empty() {
+        return None;
+    }
+    memchr::memmem::find(hay, needle)
+}
+
+/// The `data:` payloads of an event, joined by `\n` as the SSE spec says (borrowed when the
+/// event has one `data:` line, as providers send).
+pub fn data_of(event: &[u8]) -> Option<Cow<'_, [u8]>> {
+    let mut data: Option<Cow<'_, [u8]>> = None;
+    let mut rest = event;
+    while !rest.is_empty() {
+        let (line, next) = match memchr::memchr(b'\n', rest) {
+            Some(at) => (&rest[..at], &rest[at + 1..]),
+            None => (rest, &[][..]),
+        };
+        rest = next;
         let line = line.strip_suffix(b"\r").unwrap_or(line);
-        if let Some(rest) = line.strip_prefix(b"data:") {
-            let rest = rest.strip_prefix(b" ").unwrap_or(rest);
+        if let Some(value) = line.strip_prefix(b"data:") {
+            let value = value.strip_prefix(b" ").unwrap_or(value);
             match data.as_mut() {
                 Some(d) => {
+                    let d = d.to_mut();
                     d.push(b'\n');
-                    d.extend_from_slice(rest);
+                    d.extend_from_slice(value);
                 }
-                None => data = Some(rest.to_vec()),
+                None => data = Some(Cow::Borrowed(value)),
             }
         }
     }
@@ -88,7 +104,7 @@ pub fn data_of(event: &[u8]) -> Option<Vec<u8>> {
 pub struct EventInfo {
     /// `[DONE]` (OpenAI) or `message_stop` (Anthropic).
     pub done: bool,
-    /// Output text carried by the event (for TTFT and estimation).
+    /// Output text carried by the event (for estimation when no usage is reported).
     pub text: String,
     /// Whether the event carries output (text or tool-call arguments).
     pub has_token: bool,
@@ -99,26 +115,26 @@ pub struct EventInfo {
 }
 
 #[derive(Deserialize)]
-struct ChunkProbe {
-    #[serde(default)]
-    choices: Vec<ChoiceProbe>,
+struct ChunkProbe<'a> {
+    #[serde(borrow, default)]
+    choices: Vec<ChoiceProbe<'a>>,
     #[serde(default)]
     usage: Option<UsageJson>,
 }
 
 #[derive(Deserialize)]
-struct ChoiceProbe {
-    #[serde(default)]
-    delta: Option<DeltaProbe>,
+struct ChoiceProbe<'a> {
+    #[serde(borrow, default)]
+    delta: Option<DeltaProbe<'a>>,
     /// Legacy completions stream `text`.
-    #[serde(default)]
-    text: Option<String>,
+    #[serde(borrow, default)]
+    text: Option<Cow<'a, str>>,
 }
 
 #[derive(Deserialize)]
-struct DeltaProbe {
-    #[serde(default)]
-    content: Option<String>,
+struct DeltaProbe<'a> {
+    #[serde(borrow, default)]
+    content: Option<Cow<'a, str>>,
     #[serde(default)]
     tool_calls: Option<IgnoredAny>,
 }
@@ -134,8 +150,30 @@ pub fn inspect_openai(event: &[u8]) -> EventInfo {
         info.done = true;
         return info;
     }
-    let Ok(probe) = serde_json::from_slice::<ChunkProbe>(data) else {
-        return info;
+    let chunk = match super::chunk::read(data) {
+        Some(c) => c,
+        None => match probe_openai(data) {
+            Some(c) => c,
+            None => return info,
+        },
+    };
+    info.has_token = !chunk.text.is_empty() || chunk.tool_calls;
+    info.text = chunk.text;
+    if let Some(u) = chunk.usage {
+        info.usage = Some(u.tokens());
+        info.usage_only = chunk.choices == 0;
+    }
+    info
+}
+
+/// [`super::chunk::read`] by deserialising the chunk (the reference, and the fallback for
+/// chunks off its plain path); `None` when serde refuses it.
+pub fn probe_openai(data: &[u8]) -> Option<super::chunk::Chunk> {
+    let probe = serde_json::from_slice::<ChunkProbe<'_>>(data).ok()?;
+    let mut chunk = super::chunk::Chunk {
+        choices: probe.choices.len(),
+        usage: probe.usage,
+        ..Default::default()
     };
     for c in &probe.choices {
         let text = c
@@ -144,15 +182,10 @@ pub fn inspect_openai(event: &[u8]) -> EventInfo {
             .and_then(|d| d.content.as_deref())
             .or(c.text.as_deref())
             .unwrap_or("");
-        info.text.push_str(text);
-        info.has_token |=
-            !text.is_empty() || c.delta.as_ref().is_some_and(|d| d.tool_calls.is_some());
+        chunk.text.push_str(text);
+        chunk.tool_calls |= c.delta.as_ref().is_some_and(|d| d.tool_calls.is_some());
     }
-    if let Some(u) = probe.usage {
-        info.usage = Some(u.tokens());
-        info.usage_only = probe.choices.is_empty();
-    }
-    info
+    Some(chunk)
 }
 
 /// Usage fields of an Anthropic `usage` object.
@@ -251,21 +284,45 @@ pub fn inspect_anthropic(event: &[u8]) -> (EventInfo, Option<AnthropicUsage>) {
     (info, usage)
 }
 
-/// Replace `"model":"from"` (with or without a space after the colon) by `"model":"to"`.
-pub fn rewrite_model(event: &[u8], from: &str, to: &str) -> Option<Vec<u8>> {
-    for pattern in [
-        format!("\"model\":\"{from}\""),
-        format!("\"model\": \"{from}\""),
-    ] {
-        if let Some(pos) = find(event, pattern.as_bytes()) {
-            let mut out = Vec::with_capacity(event.len() + to.len());
-            out.extend_from_slice(&event[..pos]);
-            out.extend_from_slice(format!("\"model\":\"{to}\"").as_bytes());
-            out.extend_from_slice(&event[pos + pattern.len()..]);
-            return Some(out);
+/// Renames the model in stream events: `"model":"from"` (with or without a space after the
+/// colon) becomes `"model":"to"`. Its searchers are built once per stream.
+#[derive(Debug)]
+pub struct ModelRename {
+    patterns: [memchr::memmem::Finder<'static>; 2],
+    to: Vec<u8>,
+}
+
+impl ModelRename {
+    /// Rename `from` to `to`.
+    pub fn new(from: &str, to: &str) -> Self {
+        let json = |name: &str| serde_json::to_string(name).unwrap_or_default();
+        let (from, to) = (json(from), json(to));
+        let pattern = |space: &str| {
+            memchr::memmem::Finder::new(format!("\"model\":{space}{from}").as_bytes()).into_owned()
+        };
+        Self {
+            patterns: [pattern(""), pattern(" ")],
+            to: format!("\"model\":{to}").into_bytes(),
         }
     }
-    None
+
+    /// The event with the model renamed, or `None` when it does not name `from`.
+    pub fn apply(&self, event: &[u8]) -> Option<Vec<u8>> {
+        self.patterns.iter().find_map(|p| {
+            let pos = p.find(event)?;
+            let end = pos + p.needle().len();
+            let mut out = Vec::with_capacity(event.len() + self.to.len());
+            out.extend_from_slice(&event[..pos]);
+            out.extend_from_slice(&self.to);
+            out.extend_from_slice(&event[end..]);
+            Some(out)
+        })
+    }
+}
+
+/// Replace `"model":"from"` (with or without a space after the colon) by `"model":"to"`.
+pub fn rewrite_model(event: &[u8], from: &str, to: &str) -> Option<Vec<u8>> {
+    ModelRename::new(from, to).apply(event)
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ use std::time::Instant;
 use bytes::{Bytes, BytesMut};
 use futures::Stream;
 
-use super::sse::{inspect_anthropic, inspect_openai, rewrite_model, AnthropicUsage, EventSplitter};
+use super::sse::{inspect_anthropic, inspect_openai, AnthropicUsage, EventSplitter};
 use crate::providers::tokens;
 use crate::usage::{Meter, Outcome, Tokens};
 
@@ -49,7 +49,7 @@ pub struct RelayOptions {
     /// Drop OpenAI usage-only chunks (the client did not ask for usage).
     pub hide_usage: bool,
     /// Rewrite `"model":"<from>"` to `"model":"<to>"` in forwarded events.
-    pub rename_model: Option<(String, String)>,
+    pub rename_model: Option<std::sync::Arc<super::sse::ModelRename>>,
     /// Prompt tokens estimated from the request (used when the upstream reports none).
     pub prompt_estimate: i64,
     /// Upstream time until the response headers, µs.
@@ -124,8 +124,9 @@ impl<S> MeteredSse<S> {
         }
     }
 
-    /// Meter and filter complete events; returns the bytes to forward.
-    fn process(&mut self, input: &[u8]) -> Vec<u8> {
+    /// Meter and filter complete events; returns the bytes to forward (an event passed on
+    /// unchanged is not copied when it is the only one).
+    fn process(&mut self, input: &[u8]) -> Bytes {
         let translated;
         let input = match self.opts.pre.as_mut() {
             Some(pre) => {
@@ -166,15 +167,16 @@ impl<S> MeteredSse<S> {
                 .opts
                 .rename_model
                 .as_ref()
-                .and_then(|(from, to)| rewrite_model(&event, from, to))
+                .and_then(|r| r.apply(&event))
             {
                 Some(renamed) => out.extend_from_slice(&renamed),
+                None if out.is_empty() => out = event,
                 None => out.extend_from_slice(&event),
             }
         }
         match self.opts.post.as_mut() {
-            Some(post) => post.push(&out),
-            None => out.to_vec(),
+            Some(post) => Bytes::from(post.push(&out)),
+            None => out.freeze(),
         }
     }
 
@@ -182,8 +184,8 @@ impl<S> MeteredSse<S> {
         let mut rest = self.splitter.rest().to_vec();
         if let Some(pre) = self.opts.pre.as_mut() {
             let tail = pre.finish();
-            let mut more = self.process(&tail);
-            rest.append(&mut more);
+            let more = self.process(&tail);
+            rest.extend_from_slice(&more);
         }
         if let Some(post) = self.opts.post.as_mut() {
             let mut tail = post.push(&rest);
@@ -228,7 +230,7 @@ where
                 Poll::Ready(Some(Ok(chunk))) => {
                     let out = this.process(&chunk);
                     if !out.is_empty() {
-                        return Poll::Ready(Some(Ok(Bytes::from(out))));
+                        return Poll::Ready(Some(Ok(out)));
                     }
                 }
                 Poll::Ready(Some(Err(e))) => {

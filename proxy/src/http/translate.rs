@@ -127,7 +127,7 @@ pub struct StreamStages {
     /// Drop the usage chunk the client did not ask for.
     pub hide_usage: bool,
     /// Upstream → public model name.
-    pub rename_model: Option<(String, String)>,
+    pub rename_model: Option<std::sync::Arc<super::sse::ModelRename>>,
 }
 
 /// Stages for a stream on `route`.
@@ -137,8 +137,7 @@ pub fn stream_stages(
     deployment: &Deployment,
     public: &str,
 ) -> StreamStages {
-    let rename = (deployment.upstream_model != public)
-        .then(|| (deployment.upstream_model.clone(), public.to_string()));
+    let rename = deployment.stream_rename.clone();
     match route {
         Route::Passthrough if call.endpoint.anthropic_client() => StreamStages {
             format: MeterFormat::Anthropic,

@@ -5,7 +5,7 @@ use serde::Deserialize;
 use crate::usage::Tokens;
 
 /// `usage` as OpenAI reports it.
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize, Default, PartialEq)]
 pub struct UsageJson {
     /// Input tokens.
     #[serde(default)]
@@ -19,7 +19,7 @@ pub struct UsageJson {
 }
 
 /// `usage.prompt_tokens_details`.
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize, Default, PartialEq)]
 pub struct PromptDetails {
     /// Input tokens served from the prompt cache.
     #[serde(default)]
