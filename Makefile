@@ -70,7 +70,7 @@ bench-aggregator:
 # parses and plans SQL for every record, a cost that a Kafka broker (appending whole batches)
 # does not have and that would be charged to the gateway on these 2 cores. It names the engine
 # in the report; BENCH_KAFKA_STORAGE=sqlite runs on the durable engine instead.
-.PHONY: bench bench-quick bench-build
+.PHONY: bench bench-quick bench-build bench-deps
 BENCH_BIN := $(or $(CARGO_TARGET_DIR),target)/release
 BENCH_TOPIC := tollgate.bench.v1
 BENCH_KAFKA_STORAGE ?= memory
@@ -92,10 +92,13 @@ endef
 bench-build:
 	cargo build --release -p tollgate-proxy -p tollgate-aggregator -p tollgate-loadtest --bins
 
-bench: deps bench-build
+bench-deps: deps
+	@$(STACK) install-bench
+
+bench: bench-deps bench-build
 	$(call bench_run,loadtest/scenarios/bench.yaml)
 
-bench-quick: deps bench-build
+bench-quick: bench-deps bench-build
 	$(call bench_run,loadtest/scenarios/bench-quick.yaml)
 
 # Rate-limit overhead (Redis backend, release build): added latency at p50/p99.

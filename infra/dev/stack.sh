@@ -332,9 +332,10 @@ service_down() {
 
 # ------------------------------------------------------------- commands ----
 
-cmd_install() {
-  local pkgs=(redis-server clickhouse-server clickhouse-client prometheus) missing=() p
-  for p in "${pkgs[@]}"; do
+# Install the apt packages named as arguments that are missing.
+apt_install() {
+  local missing=() p
+  for p in "$@"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
   done
   if ((${#missing[@]})); then
@@ -343,8 +344,18 @@ cmd_install() {
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${missing[@]}"
   else
-    log "apt: ${pkgs[*]} already installed"
+    log "apt: $* already installed"
   fi
+}
+
+# What `make bench` needs beyond `install`: nginx, the benchmark's reference proxy (it runs
+# its own instance on a loopback port; Debian may also start the system service).
+cmd_install_bench() {
+  apt_install nginx-light
+}
+
+cmd_install() {
+  apt_install redis-server clickhouse-server clickhouse-client prometheus
 
   if tansu_bin >/dev/null; then
     log "tansu: already installed ($(tansu_bin))"
@@ -464,6 +475,7 @@ usage() {
 usage: $0 COMMAND [ARGS]
 
   install                 install missing apt packages, tansu (cargo), chdb+pytest+SDKs (pip)
+  install-bench           install what \`make bench\` adds (nginx, its reference proxy)
   up                      start all services (idempotent) and create topic $DEFAULT_TOPIC
   down [--purge]          stop all services; --purge also deletes $STATE_DIR
   status                  one line per service; exit 0 only if all are up
@@ -479,6 +491,7 @@ main() {
   shift || true
   case $cmd in
     install) cmd_install ;;
+    install-bench) cmd_install_bench ;;
     up) cmd_up ;;
     down) cmd_down "$@" ;;
     status) cmd_status ;;

@@ -10,11 +10,13 @@
 //! * [`scenario`]: scenario files (`loadtest/scenarios/*.yaml`).
 //! * [`compare`]: direct-to-mock versus through-the-proxy comparisons,
 //!   saturation ramps and the `make bench` benchmark.
+//! * [`forward`]: a bare HTTP/1.1 forwarder, the reference hop of the benchmark.
 //! * [`chart`], [`verify`], [`procstat`]: SVG charts, the ClickHouse
 //!   one-row-per-request check, and `/proc` CPU/RSS readings.
 
 pub mod chart;
 pub mod compare;
+pub mod forward;
 pub mod loadgen;
 pub mod mock;
 pub mod procstat;

@@ -48,6 +48,19 @@ enum Command {
     Compare(CompareArgs),
     /// Run the standard benchmark plan and write a dated report.
     Bench(BenchArgs),
+    /// Forward HTTP/1.1 to one upstream with nothing in between (the benchmark's reference
+    /// hop: what the HTTP stack alone costs here).
+    Forward(ForwardArgs),
+}
+
+#[derive(Debug, Args)]
+struct ForwardArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:18087")]
+    listen: std::net::SocketAddr,
+    /// Upstream base URL (`http://host:port`).
+    #[arg(long, default_value = "http://127.0.0.1:8090")]
+    upstream: String,
 }
 
 #[derive(Debug, Args)]
@@ -545,6 +558,15 @@ async fn main() -> ExitCode {
             Command::Run(args) => run_cmd(args).await,
             Command::Compare(args) => compare_cmd(args).await,
             Command::Bench(args) => bench_cmd(args).await,
+            Command::Forward(args) => {
+                tollgate_loadtest::forward::run(
+                    args.listen,
+                    &args.upstream,
+                    std::future::pending::<()>(),
+                )
+                .await?;
+                Ok(ExitCode::SUCCESS)
+            }
         }
     };
     let result = tokio::select! {

@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use super::cpu::{cpu_profile, CpuProfile, CpuSpec, Proc, Processes};
 use super::ramp::{saturation, RampConfig, Saturation};
+use super::reference::{self, ReferenceRun, ReferenceSpec};
 use super::report::{BenchReport, Machine, ProxyUsage, StreamsResult, Targets};
 use super::spawn::{http_url, Launch, Service};
 use super::{compare_scenario, Comparison, Sides};
@@ -158,6 +159,9 @@ pub struct CompareSpec {
     /// (`bare_proxy`): what the extra hop alone adds on this machine.
     #[serde(default)]
     pub features_off: bool,
+    /// Then the same comparison, at the same load, through each of the plan's `references`.
+    #[serde(default)]
+    pub references: bool,
 }
 
 /// Many open streams through the proxy, for its memory.
@@ -194,6 +198,9 @@ pub struct BenchPlan {
     /// The features-off proxy of the saturation ramps.
     #[serde(default)]
     pub bare_proxy: Option<BareProxySpec>,
+    /// Proxies that are not Tollgate, compared at the same load (what one hop costs here).
+    #[serde(default)]
+    pub references: Vec<ReferenceSpec>,
     /// `RUST_LOG` of the proxy and the aggregator.
     #[serde(default = "default_log")]
     pub log_level: String,
@@ -261,6 +268,7 @@ pub struct BenchOptions {
 
 struct Services {
     mocks: Vec<Service>,
+    references: Vec<reference::Running>,
     aggregator: Service,
     proxy: Option<Service>,
     bare: Option<Service>,
@@ -289,6 +297,15 @@ async fn start_services(plan: &BenchPlan, base: &Path, logs: &Path) -> anyhow::R
         s.wait_healthy(&format!("http://{}/healthz", m.listen), health)
             .await?;
         mocks.push(s);
+    }
+    let mut references = Vec::new();
+    for r in &plan.references {
+        let mock = plan.mock(&r.mock)?;
+        if let Some(running) =
+            reference::start(r, &mock.listen.to_string(), &plan.bin_dir, logs).await?
+        {
+            references.push(running);
+        }
     }
     let env = |extra: &[(&str, &str)]| service_env(plan, extra);
     let a = &plan.aggregator;
@@ -325,6 +342,7 @@ async fn start_services(plan: &BenchPlan, base: &Path, logs: &Path) -> anyhow::R
     };
     Ok(Services {
         mocks,
+        references,
         aggregator,
         proxy,
         bare,
@@ -564,6 +582,7 @@ async fn compare_phase(
     scenario: &Scenario,
     mock: &MockSpec,
     pids: [Option<u32>; 2],
+    references: &[reference::Running],
 ) -> anyhow::Result<Comparison> {
     let [proxy_pid, bare_pid] = pids;
     let sides = sides(ctx.plan, mock, proxy_pid)?;
@@ -598,6 +617,22 @@ async fn compare_phase(
         };
         let off = interleaved(ctx, &scenario, &off_sides, " (features off)").await?;
         c.features_off = Some(Box::new(off));
+    }
+    if spec.references {
+        for r in references {
+            let ref_sides = Sides {
+                direct: sides.direct.clone(),
+                proxy: Target::new(&r.spec.name, &r.url())?,
+                bare: None,
+                proxy_pid: r.serving_pid(),
+            };
+            let which = format!(" ({})", r.spec.name);
+            let comparison = interleaved(ctx, &scenario, &ref_sides, &which).await?;
+            c.references.push(ReferenceRun {
+                name: r.spec.name.clone(),
+                comparison,
+            });
+        }
     }
     Ok(c)
 }
@@ -828,7 +863,8 @@ async fn phases(
             services.proxy.as_ref().and_then(Service::pid),
             services.bare.as_ref().and_then(Service::pid),
         ];
-        comparisons.push(compare_phase(ctx, spec, scenario, mock, pids).await?);
+        comparisons
+            .push(compare_phase(ctx, spec, scenario, mock, pids, &services.references).await?);
     }
     let cpu = match &loaded.cpu {
         Some(scenario) => Some(cpu_phase(ctx, scenario, services).await?),
@@ -894,6 +930,9 @@ pub async fn run_bench(opts: &BenchOptions) -> anyhow::Result<(BenchReport, Path
         bare.stop(GRACE).await;
     }
     services.aggregator.stop(GRACE).await;
+    for r in services.references {
+        r.service.stop(GRACE).await;
+    }
     for m in services.mocks {
         m.stop(GRACE).await;
     }

@@ -12,6 +12,7 @@
 pub mod bench;
 pub mod cpu;
 pub mod ramp;
+pub mod reference;
 pub mod report;
 pub mod spawn;
 
@@ -79,6 +80,9 @@ pub struct Comparison {
     /// The same comparison through the features-off proxy (its `proxy` side), when asked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub features_off: Option<Box<Comparison>>,
+    /// The same comparison through each reference proxy of the plan, when asked.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub references: Vec<reference::ReferenceRun>,
 }
 
 /// Share of CPU time the whole machine was busy during a side's slices, percent.
@@ -265,6 +269,7 @@ pub async fn compare_scenario(
         machine_busy: busy.result(),
         saturation: None,
         features_off: None,
+        references: Vec::new(),
     })
 }
 

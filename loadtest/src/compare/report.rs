@@ -319,6 +319,34 @@ impl BenchReport {
                 c.scenario, c.load, off.added_latency.p50_ms, off.added_latency.p99_ms
             );
         }
+        for (check, what) in [(Check::AddedLatency, "latency"), (Check::AddedTtft, "TTFT")] {
+            let Some(c) = self.checked(check).filter(|c| !c.references.is_empty()) else {
+                continue;
+            };
+            let hops: Vec<String> = c
+                .references
+                .iter()
+                .map(|r| {
+                    let a = if check == Check::AddedTtft {
+                        &r.comparison.added_ttft
+                    } else {
+                        &r.comparison.added_latency
+                    };
+                    format!(
+                        "{} adds p50 {:.3} ms, p99 {:.3} ms",
+                        r.name, a.p50_ms, a.p99_ms
+                    )
+                })
+                .collect();
+            let _ = writeln!(
+                out,
+                "\nReference proxies, added {what} at the same load ({}, {}): {}. What one \
+                 proxy hop costs on this machine, whatever the proxy.",
+                c.scenario,
+                c.load,
+                hops.join("; ")
+            );
+        }
 
         for c in &self.comparisons {
             let Some(s) = &c.saturation else { continue };
@@ -367,8 +395,17 @@ impl BenchReport {
              |---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
         );
         let rows = self.comparisons.iter().flat_map(|c| {
-            std::iter::once((c, ""))
-                .chain(c.features_off.as_deref().map(|o| (o, " (features off)")))
+            std::iter::once((c, String::new()))
+                .chain(
+                    c.features_off
+                        .as_deref()
+                        .map(|o| (o, " (features off)".to_owned())),
+                )
+                .chain(
+                    c.references
+                        .iter()
+                        .map(|r| (&r.comparison, format!(" ({})", r.name))),
+                )
         });
         for (c, which) in rows {
             let (a, t) = (&c.added_latency, &c.added_ttft);
@@ -634,6 +671,37 @@ mod tests {
             .collect();
         assert_eq!(targets.len(), 3);
         assert_eq!(targets[2], "proxy-off");
+    }
+
+    #[test]
+    fn reference_proxies_are_reported_next_to_the_proxy() {
+        let mut nginx = plain(0.21, 0.55);
+        nginx.proxy.target = "nginx".into();
+        let full = Comparison {
+            references: vec![crate::compare::reference::ReferenceRun {
+                name: "nginx".into(),
+                comparison: nginx,
+            }],
+            ..plain(0.6, 4.0)
+        };
+        let report = BenchReport {
+            comparisons: vec![full],
+            checks: vec![vec![Check::AddedLatency]],
+            ..BenchReport::default()
+        };
+        let md = report.markdown();
+        assert!(
+            md.contains("Reference proxies, added latency at the same load (plain, open 100 req/s): nginx adds p50 0.210 ms, p99 0.550 ms."),
+            "{md}"
+        );
+        assert!(
+            md.contains("| plain (nginx) | open 100 req/s | 0.210 |"),
+            "{md}"
+        );
+        assert!(
+            !md.contains("added TTFT at the same load"),
+            "no stream comparison"
+        );
     }
 
     #[test]
