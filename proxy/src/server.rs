@@ -9,7 +9,7 @@ use tokio::sync::watch;
 
 use crate::admin::{AdminServer, AdminStartError};
 use crate::config::ProxyConfig;
-use crate::http::{router, AppState};
+use crate::http::{AppState, PublicApi};
 use crate::limits::{LimitStartError, Limiter};
 use crate::routing::{Catalog, Health};
 use crate::store::{ControlPlane, StoreError};
@@ -109,10 +109,10 @@ pub async fn start(cfg: ProxyConfig) -> Result<ProxyHandle, StartError> {
         limits: limits.clone(),
         budgets: budgets.clone(),
     };
-    let app = router(state);
+    let app = PublicApi::new(state);
     let header_timeout = Duration::from_millis(cfg.header_read_timeout_ms);
     let tls = cfg.tls.as_ref().map(crate::tls::acceptor).transpose()?;
-    let (stop, server) = crate::listener::spawn(listener, app, header_timeout, tls);
+    let (stop, server) = crate::listener::spawn_service(listener, app, header_timeout, tls);
     tracing::info!(%addr, proxy_id, "proxy listening");
     Ok(ProxyHandle {
         addr,

@@ -13,7 +13,9 @@ use std::future::Future;
 use std::time::Duration;
 
 use axum::Router;
+use hyper::body::{Body, Incoming};
 use hyper::server::conn::{http1, http2};
+use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulConnection;
 use hyper_util::service::TowerToHyperService;
@@ -28,6 +30,42 @@ pub fn default_header_read_timeout_ms() -> u64 {
     30_000
 }
 
+/// A hyper service the listener can serve: an axum [`Router`] (through [`spawn`] / [`serve`])
+/// or a hand-written one, such as the proxy's public API.
+pub trait AppService:
+    hyper::service::Service<
+        Request<Incoming>,
+        Response = Response<Self::Body>,
+        Error = Self::Fail,
+        Future: Send + 'static,
+    > + Clone
+    + Send
+    + Sync
+    + 'static
+{
+    /// Response body.
+    type Body: Body<Data: Send, Error: Into<BoxError>> + Send + 'static;
+    /// Error of a call.
+    type Fail: Into<BoxError>;
+}
+
+impl<S, B, E> AppService for S
+where
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>, Error = E>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+    B: Body<Data: Send, Error: Into<BoxError>> + Send + 'static,
+    E: Into<BoxError>,
+{
+    type Body = B;
+    type Fail = E;
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 /// [`serve`] on its own task until `true` is sent on the returned sender.
 pub fn spawn(
     listener: TcpListener,
@@ -38,19 +76,55 @@ pub fn spawn(
     watch::Sender<bool>,
     tokio::task::JoinHandle<std::io::Result<()>>,
 ) {
+    spawn_service(
+        listener,
+        TowerToHyperService::new(app),
+        header_read_timeout,
+        tls,
+    )
+}
+
+/// [`serve_service`] on its own task until `true` is sent on the returned sender.
+pub fn spawn_service<S: AppService>(
+    listener: TcpListener,
+    app: S,
+    header_read_timeout: Duration,
+    tls: Option<TlsAcceptor>,
+) -> (
+    watch::Sender<bool>,
+    tokio::task::JoinHandle<std::io::Result<()>>,
+) {
     let (stop, mut stopped) = watch::channel(false);
-    let task = tokio::spawn(serve(listener, app, header_read_timeout, tls, async move {
-        let _ = stopped.wait_for(|s| *s).await;
-    }));
+    let task = tokio::spawn(serve_service(
+        listener,
+        app,
+        header_read_timeout,
+        tls,
+        async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        },
+    ));
     (stop, task)
+}
+
+/// Serve the axum `app` on `listener`; see [`serve_service`].
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    header_read_timeout: Duration,
+    tls: Option<TlsAcceptor>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = TowerToHyperService::new(app);
+    serve_service(listener, app, header_read_timeout, tls, shutdown).await
 }
 
 /// Serve `app` on `listener` (over TLS when `tls` is set) until `shutdown` resolves, then
 /// wait for open connections to finish (each is told to close once its in-flight request is
 /// done). A TLS handshake must also complete within `header_read_timeout`.
-pub async fn serve(
+pub async fn serve_service<S: AppService>(
     listener: TcpListener,
-    app: Router,
+    app: S,
     header_read_timeout: Duration,
     tls: Option<TlsAcceptor>,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -130,16 +204,15 @@ async fn h2_preface(tcp: &tokio::net::TcpStream) -> std::io::Result<bool> {
     }
 }
 
-async fn serve_conn<I>(
+async fn serve_conn<I, S: AppService>(
     io: I,
     h2: bool,
-    app: Router,
+    service: S,
     header_read_timeout: Duration,
     stop: watch::Receiver<bool>,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let service = TowerToHyperService::new(app);
     let io = TokioIo::new(io);
     if h2 {
         let conn = http2::Builder::new(TokioExecutor::new())

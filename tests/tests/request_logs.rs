@@ -49,7 +49,8 @@ async fn send(
     Ok(status)
 }
 
-/// `(target, request id of the line's span)` of one log line.
+/// `(target, request id of the line)` of one log line: its span's, or its own field's (the
+/// request span is at `debug`; warnings a request logs name it themselves).
 fn parse_line(line: &str, format: &str) -> anyhow::Result<(String, Option<String>)> {
     if format == "json" {
         let v: serde_json::Value = serde_json::from_str(line)
@@ -58,7 +59,10 @@ fn parse_line(line: &str, format: &str) -> anyhow::Result<(String, Option<String
             v["timestamp"].is_string() && v["level"].is_string() && v["fields"].is_object(),
             "JSON line without timestamp/level/fields: {line}"
         );
-        let rid = v["span"]["request_id"].as_str().map(str::to_string);
+        let rid = v["span"]["request_id"]
+            .as_str()
+            .or(v["fields"]["request_id"].as_str())
+            .map(str::to_string);
         Ok((v["target"].as_str().unwrap_or_default().to_string(), rid))
     } else {
         // `<ts>  WARN request{request_id="abc" endpoint="chat.completions"}: target: message`
@@ -84,7 +88,12 @@ fn parse_line(line: &str, format: &str) -> anyhow::Result<(String, Option<String
 }
 
 async fn check(format: &str) -> anyhow::Result<()> {
-    let mut stack = ObsStack::start(&format!("logs_{format}"), format).await?;
+    check_at(format, obs_support::DEBUG_LOG).await
+}
+
+async fn check_at(format: &str, rust_log: &str) -> anyhow::Result<()> {
+    let name = format!("logs_{format}");
+    let mut stack = ObsStack::start_logging(&name, format, rust_log).await?;
     let rid_failing = tollgate_e2e::unique("rid_failing");
     let rid_unreachable = tollgate_e2e::unique("rid_unreachable");
     let rid_ok = tollgate_e2e::unique("rid_ok");
@@ -156,6 +165,13 @@ async fn check(format: &str) -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_logs_carry_request_ids_and_no_secrets() -> anyhow::Result<()> {
     check("json").await
+}
+
+/// At the default level the request span is off; the warnings of failing requests still name
+/// their request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_at_the_default_level_carry_request_ids() -> anyhow::Result<()> {
+    check_at("json", "info").await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

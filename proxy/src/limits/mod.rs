@@ -108,8 +108,8 @@ struct Inner {
     renewer: Mutex<Option<tokio::task::JoinHandle<()>>>,
     sweeper: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// The decision duration of requests admitted from quota slices (the hot path), registered
-    /// once.
-    slice_duration: metrics::Histogram,
+    /// by the first such request (so the scrape lists only backends that decided something).
+    slice_duration: std::sync::OnceLock<metrics::Histogram>,
 }
 
 fn decision_duration(backend: &'static str) -> metrics::Histogram {
@@ -132,7 +132,7 @@ impl Limiter {
                 failure_mode: FailureMode::Open,
                 renewer: Mutex::new(None),
                 sweeper: Mutex::new(None),
-                slice_duration: decision_duration("slice"),
+                slice_duration: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -170,9 +170,9 @@ impl Limiter {
                 local: Arc::new(LocalLimiter::new()),
                 redis,
                 failure_mode: cfg.failure_mode,
+                slice_duration: std::sync::OnceLock::new(),
                 renewer: Mutex::new(renewer),
                 sweeper: Mutex::new(sweeper),
-                slice_duration: decision_duration("slice"),
             }),
         })
     }
@@ -239,7 +239,9 @@ impl Limiter {
         if let Some(r) = &self.inner.redis {
             // Admitted from quota slices: no round trip, and no lease id of its own.
             if let Some(checked) = r.from_slices(&targets) {
-                (self.inner.slice_duration).record(started.elapsed().as_secs_f64());
+                (self.inner.slice_duration)
+                    .get_or_init(|| decision_duration("slice"))
+                    .record(started.elapsed().as_secs_f64());
                 return conclude(targets, checked, Store::Redis(r.clone()), None);
             }
         }

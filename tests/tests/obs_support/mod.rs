@@ -142,7 +142,16 @@ batch: {{ max_rows: 50, max_wait_ms: 200 }}
     )
 }
 
-fn spawn(bin: &str, args: &[&str], log: &Path, to_stdout: bool) -> anyhow::Result<Child> {
+/// `RUST_LOG` of the spawned binaries unless a test asks for another.
+pub const DEBUG_LOG: &str = "info,tollgate_proxy=debug,tollgate_aggregator=debug";
+
+fn spawn(
+    bin: &str,
+    args: &[&str],
+    log: &Path,
+    to_stdout: bool,
+    rust_log: &str,
+) -> anyhow::Result<Child> {
     let file = std::fs::File::create(log)?;
     let (out, err) = if to_stdout {
         (Stdio::from(file), Stdio::null())
@@ -154,10 +163,7 @@ fn spawn(bin: &str, args: &[&str], log: &Path, to_stdout: bool) -> anyhow::Resul
         .args(args)
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env(
-            "RUST_LOG",
-            "info,tollgate_proxy=debug,tollgate_aggregator=debug",
-        )
+        .env("RUST_LOG", rust_log)
         .stdin(Stdio::null())
         .stdout(out)
         .stderr(err)
@@ -190,6 +196,15 @@ impl ObsStack {
     /// Topic (3 partitions) and migrated database, mock, proxy (`--log-format log_format`)
     /// and aggregator binaries; returns once both answer.
     pub async fn start(name: &str, log_format: &str) -> anyhow::Result<Self> {
+        Self::start_logging(name, log_format, DEBUG_LOG).await
+    }
+
+    /// [`Self::start`] with the binaries' `RUST_LOG`.
+    pub async fn start_logging(
+        name: &str,
+        log_format: &str,
+        rust_log: &str,
+    ) -> anyhow::Result<Self> {
         tollgate_e2e::init_tracing();
         let partitions = 3;
         let topic = unique(&format!("t_{name}"));
@@ -243,6 +258,7 @@ impl ObsStack {
             &["--config", &cfg, "--log-format", log_format],
             &stack.proxy_log,
             true,
+            rust_log,
         )?);
         let cfg = agg_cfg.display().to_string();
         stack.children.push(spawn(
@@ -250,6 +266,7 @@ impl ObsStack {
             &["--config", &cfg, "--log-format", log_format, "run"],
             &stack.aggregator_log,
             false,
+            rust_log,
         )?);
         wait_ready(
             "proxy",
