@@ -81,6 +81,27 @@ async fn every_error_status_is_openai_shaped() {
         resp.json::<Value>().await.unwrap()["error"]["code"],
         "unknown_url"
     );
+    // A known path with the wrong method: 405 naming the method it answers.
+    for (method, path, allow) in [
+        (reqwest::Method::GET, "/v1/chat/completions", "POST"),
+        (reqwest::Method::POST, "/healthz", "GET"),
+    ] {
+        let resp = env
+            .http
+            .request(method, env.url(path))
+            .bearer_auth(KEY)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 405, "{path}");
+        assert_eq!(resp.headers()["allow"], allow, "{path}");
+        assert_eq!(
+            resp.json::<Value>().await.unwrap()["error"]["code"],
+            "method_not_allowed"
+        );
+    }
+    let head = env.http.head(env.url("/healthz")).send().await.unwrap();
+    assert_eq!(head.status(), 200);
     env.proxy.shutdown().await;
 }
 
