@@ -22,8 +22,6 @@ const BREAKER_MS: i64 = 1_000;
 const LAST_KNOWN: Duration = Duration::from_secs(3_600);
 /// Most scopes cached.
 const CAPACITY: u64 = 100_000;
-/// Scopes of one request at most: key, team, account, model, global.
-const MAX_SCOPES: usize = 5;
 
 type Decisions = Arc<[Decision]>;
 /// Scope ref → decisions (foldhash: moka's default SipHash was a third of a lookup).
@@ -213,11 +211,10 @@ impl BudgetGate {
         };
         let started = Instant::now();
         // Recently read decisions first; the scopes not among them are looked up together.
-        let mut lists: [Option<Decisions>; MAX_SCOPES] = Default::default();
+        let mut lists: Vec<Option<Decisions>> = vec![None; ask.scopes.refs().count()];
         let ttl = Duration::from_millis(inner.cfg.cache_ttl_ms).div_f64(2.0);
         let generation = inner.front.lookup(ask.scopes.refs(), &mut lists, ttl);
-        let scopes = ask.scopes.refs().count();
-        if lists.iter().take(scopes).any(Option::is_none) {
+        if lists.iter().any(Option::is_none) {
             let reads = ask
                 .scopes
                 .refs()

@@ -92,23 +92,22 @@ fn invalid(message: impl Into<String>, param: &'static str) -> ApiError {
 /// Field checks shared by every endpoint; the provider checks the rest. Returns the model
 /// name and whether a stream was asked for.
 pub fn check_fields(body: &ClientBody, endpoint: Endpoint) -> Result<(String, bool), ApiError> {
+    let required_model = || {
+        invalid(
+            "`model` is required: a string of 1-256 characters.",
+            "model",
+        )
+    };
     let model = match body.field("model") {
-        Some(m) if m.kind() == Kind::String => match m.as_str() {
-            Some(s) if !s.is_empty() && s.len() <= 256 => s.into_owned(),
-            _ => {
-                return Err(invalid(
-                    "`model` is required: a string of 1-256 characters.",
-                    "model",
-                ))
-            }
-        },
-        None => {
-            return Err(invalid(
-                "`model` is required: a string of 1-256 characters.",
-                "model",
-            ))
+        None => return Err(required_model()),
+        Some(m) if m.kind() != Kind::String => {
+            return Err(invalid("`model` must be a string.", "model"))
         }
-        Some(_) => return Err(invalid("`model` must be a string.", "model")),
+        Some(m) => m
+            .as_str()
+            .filter(|s| !s.is_empty() && s.len() <= 256)
+            .ok_or_else(required_model)?
+            .into_owned(),
     };
     let stream = match body.field("stream") {
         None => false,
@@ -123,10 +122,7 @@ pub fn check_fields(body: &ClientBody, endpoint: Endpoint) -> Result<(String, bo
             "stream",
         ));
     }
-    for (field, param) in [
-        ("max_tokens", "max_tokens"),
-        ("max_completion_tokens", "max_completion_tokens"),
-    ] {
+    for field in ["max_tokens", "max_completion_tokens"] {
         match body.field(field) {
             None => {}
             Some(v) if v.kind() == Kind::Null => {}
@@ -138,27 +134,24 @@ pub fn check_fields(body: &ClientBody, endpoint: Endpoint) -> Result<(String, bo
                     message: format!(
                         "`{field}` must be an integer between 1 and {MAX_TOKENS_LIMIT}."
                     ),
-                    param: Some(param),
+                    param: Some(field),
                 })
             }
         }
     }
-    let required = match endpoint {
-        Endpoint::ChatCompletions | Endpoint::Messages => "messages",
-        Endpoint::Completions => "prompt",
-        Endpoint::Embeddings => "input",
+    let (required, message) = match endpoint {
+        Endpoint::ChatCompletions | Endpoint::Messages => {
+            ("messages", "`messages` is required: a non-empty array.")
+        }
+        Endpoint::Completions => ("prompt", "`prompt` is required: a string or an array."),
+        Endpoint::Embeddings => ("input", "`input` is required: a string or an array."),
     };
     let ok = match required {
         "messages" => body.has_messages(),
         _ => matches!(body.kind_of(required), Some(Kind::String | Kind::Array)),
     };
     if !ok {
-        let (msg, param) = match required {
-            "messages" => ("`messages` is required: a non-empty array.", "messages"),
-            "prompt" => ("`prompt` is required: a string or an array.", "prompt"),
-            _ => ("`input` is required: a string or an array.", "input"),
-        };
-        return Err(invalid(msg, param));
+        return Err(invalid(message, required));
     }
     Ok((model, stream))
 }
