@@ -4,10 +4,10 @@
 //! are invariants that hold for every input.
 
 use serde_json::Value;
-use tollgate_proxy::http::chunk;
 use tollgate_proxy::http::client_body::ClientBody;
 use tollgate_proxy::http::pipeline::check_fields;
 use tollgate_proxy::http::sse::{self, EventSplitter};
+use tollgate_proxy::http::{chunk, json_scan};
 use tollgate_proxy::providers::anthropic::{
     self, AnthropicToOpenAiStream, OpenAiToAnthropicStream,
 };
@@ -29,6 +29,22 @@ pub fn run(name: &str, data: &[u8]) {
         "anthropic_translate" => anthropic_translate(data),
         "avro_decode" => avro_decode(data),
         other => panic!("unknown fuzz target {other}"),
+    }
+}
+
+/// The response envelope reader finds the `model` and `usage` serde finds in a well-formed
+/// object (`null` reads as absent).
+fn envelope_agrees(data: &[u8]) {
+    let (Some(env), Ok(Value::Object(map))) = (
+        json_scan::envelope(data),
+        serde_json::from_slice::<Value>(data),
+    ) else {
+        return;
+    };
+    for (key, span) in [("model", env.model), ("usage", env.usage)] {
+        let fast = span.map(|r| serde_json::from_slice::<Value>(&data[r]).ok());
+        let slow = map.get(key).filter(|v| !v.is_null()).cloned().map(Some);
+        assert_eq!(fast, slow, "envelope readers differ on {key}");
     }
 }
 
@@ -108,6 +124,7 @@ pub fn sse_stream(data: &[u8]) {
                         assert_eq!(Some(fast), sse::probe_openai(data), "chunk readers differ");
                     }
                 }
+                envelope_agrees(data);
             }
             let _ = sse::inspect_openai(&event);
             let (_, usage) = sse::inspect_anthropic(&event);

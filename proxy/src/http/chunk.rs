@@ -12,6 +12,7 @@
 //! fuzz target compare the two). Values it skips are not validated: a chunk that is broken only
 //! inside such a value (a bad number, say) is still read, where serde ignored the whole chunk.
 
+use super::json_scan::Scan;
 use crate::providers::openai::UsageJson;
 
 /// What a chunk holds for metering.
@@ -29,7 +30,7 @@ pub struct Chunk {
 
 /// Read an OpenAI chunk's `data` payload; `None` when it is not on the plain path.
 pub fn read(data: &[u8]) -> Option<Chunk> {
-    let mut s = Scan { b: data, i: 0 };
+    let mut s = Scan::new(data);
     let mut chunk = Chunk::default();
     let (mut choices_seen, mut usage_seen) = (false, false);
     s.object(|s, key| match key {
@@ -105,190 +106,6 @@ fn choice(s: &mut Scan<'_>, chunk: &mut Chunk) -> Option<()> {
         chunk.text.push_str(&legacy);
     }
     Some(())
-}
-
-const ONES: u64 = u64::from_le_bytes([0x01; 8]);
-const HIGHS: u64 = u64::from_le_bytes([0x80; 8]);
-
-/// The high bit of each byte of `word` (little-endian: the first byte is the lowest) that is
-/// zero. Bytes after the first zero byte may be marked wrongly (a borrow), so only the
-/// lowest mark is exact: that is the only one read.
-fn zeros(word: u64) -> u64 {
-    word.wrapping_sub(ONES) & !word & HIGHS
-}
-
-/// Marks of the quotes and backslashes in eight bytes; the lowest mark is the first of them.
-fn specials(word: u64) -> u64 {
-    zeros(word ^ (ONES * u64::from(b'"'))) | zeros(word ^ (ONES * u64::from(b'\\')))
-}
-
-/// A cursor over JSON bytes.
-struct Scan<'a> {
-    b: &'a [u8],
-    i: usize,
-}
-
-impl<'a> Scan<'a> {
-    fn ws(&mut self) {
-        while self.b.get(self.i).is_some_and(|c| c.is_ascii_whitespace()) {
-            self.i += 1;
-        }
-    }
-
-    fn peek(&mut self) -> Option<u8> {
-        self.ws();
-        self.b.get(self.i).copied()
-    }
-
-    fn eat(&mut self, c: u8) -> Option<()> {
-        (self.peek()? == c).then(|| self.i += 1)
-    }
-
-    /// A string; returns its raw bytes between the quotes (escapes left as they are).
-    fn string(&mut self) -> Option<&'a [u8]> {
-        self.eat(b'"')?;
-        let (b, start) = (self.b, self.i);
-        // Eight bytes at a time up to the next quote or backslash: the strings of a chunk are
-        // short (ids, names, a token or two), where memchr's setup costs more than it saves.
-        loop {
-            while let Some(word) = b.get(self.i..self.i + 8) {
-                let mask = specials(u64::from_le_bytes(word.try_into().ok()?));
-                if mask != 0 {
-                    self.i += (mask.trailing_zeros() / 8) as usize;
-                    break;
-                }
-                self.i += 8;
-            }
-            match *b.get(self.i)? {
-                b'"' => {
-                    self.i += 1;
-                    return b.get(start..self.i - 1);
-                }
-                b'\\' => self.i += 2,
-                _ => self.i += 1,
-            }
-        }
-    }
-
-    /// `null`.
-    fn null(&mut self) -> Option<()> {
-        self.ws();
-        self.b
-            .get(self.i..)?
-            .starts_with(b"null")
-            .then(|| self.i += 4)
-    }
-
-    /// A string or `null`; a string is appended to `out`, unescaped (`true`).
-    fn text(&mut self, out: &mut String) -> Option<bool> {
-        if self.peek()? == b'n' {
-            return self.null().map(|()| false);
-        }
-        let start = self.i;
-        let raw = self.string()?;
-        if raw.contains(&b'\\') {
-            let quoted = self.b.get(start..self.i)?;
-            out.push_str(&serde_json::from_slice::<String>(quoted).ok()?);
-        } else {
-            out.push_str(std::str::from_utf8(raw).ok()?);
-        }
-        Some(true)
-    }
-
-    /// An object: each key is handed to `f`, which must read its value.
-    fn object(&mut self, mut f: impl FnMut(&mut Self, &'a [u8]) -> Option<()>) -> Option<()> {
-        self.eat(b'{')?;
-        if self.peek()? == b'}' {
-            self.i += 1;
-            return Some(());
-        }
-        loop {
-            let key = self.string()?;
-            self.eat(b':')?;
-            // Keys with escapes are compared as written: such a key is never one read here,
-            // and serde, which unescapes, reads the same when the caller falls back.
-            f(self, key)?;
-            match self.peek()? {
-                b',' => self.i += 1,
-                b'}' => {
-                    self.i += 1;
-                    return Some(());
-                }
-                _ => return None,
-            }
-        }
-    }
-
-    /// An array: `f` reads each element.
-    fn array(&mut self, mut f: impl FnMut(&mut Self) -> Option<()>) -> Option<()> {
-        self.eat(b'[')?;
-        if self.peek()? == b']' {
-            self.i += 1;
-            return Some(());
-        }
-        loop {
-            f(self)?;
-            match self.peek()? {
-                b',' => self.i += 1,
-                b']' => {
-                    self.i += 1;
-                    return Some(());
-                }
-                _ => return None,
-            }
-        }
-    }
-
-    /// Skip one value: strings by their quotes, containers by their brackets, scalars up to
-    /// the next delimiter.
-    fn skip_value(&mut self) -> Option<()> {
-        match self.peek()? {
-            b'"' => self.string().map(|_| ()),
-            b'{' | b'[' => {
-                // Open brackets as a stack of bits (1: object), up to 64 levels.
-                let (mut stack, mut depth) = (0u64, 0u32);
-                loop {
-                    match *self.b.get(self.i)? {
-                        b'"' => {
-                            self.string()?;
-                            continue;
-                        }
-                        open @ (b'{' | b'[') => {
-                            depth += 1;
-                            if depth > 64 {
-                                return None;
-                            }
-                            stack = stack << 1 | u64::from(open == b'{');
-                        }
-                        close @ (b'}' | b']') => {
-                            if depth == 0 || (stack & 1 == 1) != (close == b'}') {
-                                return None;
-                            }
-                            depth -= 1;
-                            stack >>= 1;
-                            if depth == 0 {
-                                self.i += 1;
-                                return Some(());
-                            }
-                        }
-                        _ => {}
-                    }
-                    self.i += 1;
-                }
-            }
-            _ => {
-                let start = self.i;
-                while self
-                    .b
-                    .get(self.i)
-                    .is_some_and(|c| !matches!(c, b',' | b'}' | b']') && !c.is_ascii_whitespace())
-                {
-                    self.i += 1;
-                }
-                (self.i > start).then_some(())
-            }
-        }
-    }
 }
 
 #[cfg(test)]
@@ -410,38 +227,6 @@ mod tests {
         }
         let sep = [",", ", ", ",\n "][rng.gen_range(0..3)];
         format!("{{{}}}", top.join(sep))
-    }
-
-    /// The lowest mark of `specials` is the first quote or backslash of eight bytes.
-    #[test]
-    fn specials_mark_the_first_quote_or_backslash() {
-        let mut rng = StdRng::seed_from_u64(5);
-        let pool = [
-            b'"',
-            b'\\',
-            b'#',
-            b'!',
-            b']',
-            b'\\' + 1,
-            0x00,
-            0x01,
-            0x80,
-            0xff,
-            b'a',
-        ];
-        for _ in 0..200_000 {
-            let bytes: [u8; 8] = std::array::from_fn(|_| {
-                if rng.gen_bool(0.5) {
-                    pool[rng.gen_range(0..pool.len())]
-                } else {
-                    rng.r#gen()
-                }
-            });
-            let first = bytes.iter().position(|c| matches!(c, b'"' | b'\\'));
-            let mask = specials(u64::from_le_bytes(bytes));
-            let got = (mask != 0).then(|| (mask.trailing_zeros() / 8) as usize);
-            assert_eq!(got, first, "{bytes:?}");
-        }
     }
 
     /// The fast read agrees with serde on every well-formed chunk it reads.

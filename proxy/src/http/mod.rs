@@ -6,6 +6,7 @@ pub mod chunk;
 pub mod client_body;
 pub mod error;
 pub mod forward;
+pub mod json_scan;
 pub mod pipeline;
 pub mod sse;
 pub mod stream;

@@ -4,11 +4,11 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use super::error::ApiError;
 use super::forward::Call;
+use super::json_scan;
 use super::sse::AnthropicUsage;
 use super::stream::{MeterFormat, SseTransform};
 use crate::entities::Provider;
@@ -193,26 +193,16 @@ impl Translated {
     }
 }
 
-/// The top level of a successful response of the client's own format: the span of `model`
-/// (to rename it in place) and `usage`, every other field skipped without being built.
-#[derive(serde::Deserialize)]
-struct Envelope<'a> {
-    #[serde(borrow, default)]
-    model: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    usage: Option<&'a RawValue>,
-}
-
 /// A successful response in the client's own format with `model` renamed to the public name
-/// in place: the upstream's bytes and key order are kept, and nothing else is parsed into a
-/// tree. `None` when the body is not a JSON object this can read (the caller parses it).
+/// in place: the upstream's bytes and key order are kept, and only `model` and `usage` are
+/// read ([`json_scan::envelope`]). `None` when the body is not a JSON object this can read
+/// (the caller parses it).
 fn passthrough(endpoint: Endpoint, bytes: &Bytes, public: &str) -> Option<Translated> {
-    // Only an object: serde would also read a struct from an array, by position.
-    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
-        return None;
-    }
-    let env: Envelope<'_> = serde_json::from_slice(bytes).ok()?;
-    let usage = env.usage.and_then(|u| usage_from_raw(endpoint, u));
+    let env = json_scan::envelope(bytes)?;
+    let usage = env.usage.and_then(|r| {
+        let raw = bytes.get(r)?;
+        usage_from(endpoint, &mut serde_json::Deserializer::from_slice(raw))
+    });
     let unchanged = || {
         Some(Translated {
             bytes: bytes.clone(),
@@ -225,17 +215,13 @@ fn passthrough(endpoint: Endpoint, bytes: &Bytes, public: &str) -> Option<Transl
     };
     let mut name = Vec::with_capacity(public.len() + 2);
     serde_json::to_writer(&mut name, public).ok()?;
-    let raw = model.get().as_bytes();
-    if raw == name.as_slice() {
+    if bytes.get(model.clone())? == name.as_slice() {
         return unchanged();
     }
-    // The raw value borrows from `bytes`: its offset there is where the old name starts.
-    let start = (raw.as_ptr() as usize).checked_sub(bytes.as_ptr() as usize)?;
-    let end = start.checked_add(raw.len()).filter(|e| *e <= bytes.len())?;
-    let mut out = Vec::with_capacity(bytes.len() - raw.len() + name.len());
-    out.extend_from_slice(&bytes[..start]);
+    let mut out = Vec::with_capacity(bytes.len() - model.len() + name.len());
+    out.extend_from_slice(bytes.get(..model.start)?);
     out.extend_from_slice(&name);
-    out.extend_from_slice(&bytes[end..]);
+    out.extend_from_slice(bytes.get(model.end..)?);
     Some(Translated {
         bytes: Bytes::from(out),
         usage,
@@ -308,14 +294,6 @@ pub fn response_body(
             to_client(body)
         }
     }
-}
-
-/// Usage from the raw `usage` value of a client-format body.
-fn usage_from_raw(endpoint: Endpoint, usage: &RawValue) -> Option<Tokens> {
-    usage_from(
-        endpoint,
-        &mut serde_json::Deserializer::from_str(usage.get()),
-    )
 }
 
 /// Usage in a client-format response body.
