@@ -306,17 +306,31 @@ impl ModelRename {
         }
     }
 
-    /// The event with the model renamed, or `None` when it does not name `from`.
-    pub fn apply(&self, event: &[u8]) -> Option<Vec<u8>> {
+    /// Where `event` names `from`: the span of `"model":"from"`.
+    fn find(&self, event: &[u8]) -> Option<(usize, usize)> {
         self.patterns.iter().find_map(|p| {
             let pos = p.find(event)?;
-            let end = pos + p.needle().len();
-            let mut out = Vec::with_capacity(event.len() + self.to.len());
-            out.extend_from_slice(&event[..pos]);
-            out.extend_from_slice(&self.to);
-            out.extend_from_slice(&event[end..]);
-            Some(out)
+            Some((pos, pos + p.needle().len()))
         })
+    }
+
+    /// The event with the model renamed, or `None` when it does not name `from`.
+    pub fn apply(&self, event: &[u8]) -> Option<Vec<u8>> {
+        let mut out = BytesMut::new();
+        self.apply_into(event, &mut out).then(|| out.to_vec())
+    }
+
+    /// Append the event with the model renamed to `out`; `false`, with nothing appended, when
+    /// it does not name `from` (the relay then passes the event on as it is, without a copy).
+    pub fn apply_into(&self, event: &[u8], out: &mut BytesMut) -> bool {
+        let Some((pos, end)) = self.find(event) else {
+            return false;
+        };
+        out.reserve(event.len() - (end - pos) + self.to.len());
+        out.extend_from_slice(&event[..pos]);
+        out.extend_from_slice(&self.to);
+        out.extend_from_slice(&event[end..]);
+        true
     }
 }
 

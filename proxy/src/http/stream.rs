@@ -163,15 +163,15 @@ impl<S> MeteredSse<S> {
             if self.opts.hide_usage && info.usage_only {
                 continue;
             }
-            match self
-                .opts
-                .rename_model
-                .as_ref()
-                .and_then(|r| r.apply(&event))
-            {
-                Some(renamed) => out.extend_from_slice(&renamed),
-                None if out.is_empty() => out = event,
-                None => out.extend_from_slice(&event),
+            let renamed =
+                (self.opts.rename_model.as_ref()).is_some_and(|r| r.apply_into(&event, &mut out));
+            if renamed {
+                continue;
+            }
+            if out.is_empty() {
+                out = event;
+            } else {
+                out.extend_from_slice(&event);
             }
         }
         match self.opts.post.as_mut() {
