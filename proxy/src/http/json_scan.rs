@@ -72,17 +72,20 @@ impl<'a> Scan<'a> {
         Self { b, i: 0 }
     }
 
+    /// Skip whitespace.
     pub(crate) fn ws(&mut self) {
         while self.b.get(self.i).is_some_and(|c| c.is_ascii_whitespace()) {
             self.i += 1;
         }
     }
 
+    /// The next byte after whitespace, not consumed.
     pub(crate) fn peek(&mut self) -> Option<u8> {
         self.ws();
         self.b.get(self.i).copied()
     }
 
+    /// Consume `c`, the next byte after whitespace.
     pub(crate) fn eat(&mut self, c: u8) -> Option<()> {
         (self.peek()? == c).then(|| self.i += 1)
     }
