@@ -317,7 +317,7 @@ impl ModelRename {
     /// The event with the model renamed, or `None` when it does not name `from`.
     pub fn apply(&self, event: &[u8]) -> Option<Vec<u8>> {
         let mut out = BytesMut::new();
-        self.apply_into(event, &mut out).then(|| out.to_vec())
+        self.apply_into(event, &mut out).then(|| out.into())
     }
 
     /// Append the event with the model renamed to `out`; `false`, with nothing appended, when

@@ -163,9 +163,8 @@ impl<S> MeteredSse<S> {
             if self.opts.hide_usage && info.usage_only {
                 continue;
             }
-            let renamed =
-                (self.opts.rename_model.as_ref()).is_some_and(|r| r.apply_into(&event, &mut out));
-            if renamed {
+            let rename = self.opts.rename_model.as_deref();
+            if rename.is_some_and(|r| r.apply_into(&event, &mut out)) {
                 continue;
             }
             if out.is_empty() {
