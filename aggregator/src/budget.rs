@@ -370,6 +370,9 @@ impl Budgets {
             }
             for (b, w, v) in jobs {
                 if crate::budget_eval::crossed(&b, v) {
+                    // A shortcut only: every evaluation round checks each budget's thresholds
+                    // again, so a job that does not fit the bounded queue delays its alert by
+                    // at most `eval_interval_ms` and loses nothing.
                     let _ = self.inner.alerts.try_send(AlertJob {
                         budget: b,
                         window: w,
@@ -401,6 +404,7 @@ impl Budgets {
     ) -> Result<(), RedisFailure> {
         let p = &self.inner.prefix;
         let mut calls = Vec::new();
+        let now = now_ms();
         {
             let decided = self
                 .inner
@@ -408,7 +412,7 @@ impl Budgets {
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             for (b, w, v) in jobs {
-                let wanted = crate::budget_eval::wanted(b, w, *v)
+                let wanted = crate::budget_eval::wanted(b, w, *v, now)
                     .map(|kind| b.decision(p, w, kind).to_json());
                 let id = (b.id.clone(), w.label.clone());
                 if !force && decided.get(&id) == Some(&wanted) {

@@ -26,8 +26,8 @@ use tollgate_schemas::telemetry::BUDGET_ALERTS;
 use crate::budget::{credit_call, now_ms, run_pipe, Budgets, RedisFailure};
 
 /// The decision a budget wants at `spent` in `window` (None: none).
-pub fn wanted(b: &Budget, window: &Window, spent: i64) -> Option<DecisionKind> {
-    if !b.enabled || b.mode != Mode::Hard || !window.contains(now_ms()) {
+pub fn wanted(b: &Budget, window: &Window, spent: i64, now_ms: i64) -> Option<DecisionKind> {
+    if !b.enabled || b.mode != Mode::Hard || !window.contains(now_ms) {
         return None;
     }
     let limit = b.limit();
@@ -434,19 +434,20 @@ mod tests {
 
     #[test]
     fn decisions_follow_mode_limit_and_reservation() {
-        let w = Window::of(Period::Daily, now_ms());
+        let now = now_ms();
+        let w = Window::of(Period::Daily, now);
         let hard = budget(
             r#"{"id":"b","scope":"key","scope_id":"k","period":"daily","limit_tokens":100,"reserve_above_pct":80}"#,
         );
-        assert_eq!(wanted(&hard, &w, 79), None);
-        assert_eq!(wanted(&hard, &w, 80), Some(DecisionKind::Reserve));
-        assert_eq!(wanted(&hard, &w, 100), Some(DecisionKind::Block));
-        let past = Window::of(Period::Daily, now_ms() - 2 * 86_400_000);
-        assert_eq!(wanted(&hard, &past, 1_000), None);
+        assert_eq!(wanted(&hard, &w, 79, now), None);
+        assert_eq!(wanted(&hard, &w, 80, now), Some(DecisionKind::Reserve));
+        assert_eq!(wanted(&hard, &w, 100, now), Some(DecisionKind::Block));
+        let past = Window::of(Period::Daily, now - 2 * 86_400_000);
+        assert_eq!(wanted(&hard, &past, 1_000, now), None);
         let warn = budget(
             r#"{"id":"b","scope":"key","scope_id":"k","period":"daily","limit_tokens":100,"mode":"warn","alert_thresholds":[80]}"#,
         );
-        assert_eq!(wanted(&warn, &w, 1_000), None);
+        assert_eq!(wanted(&warn, &w, 1_000, now), None);
         assert_eq!(reached(&warn, 79), Vec::<u32>::new());
         assert_eq!(reached(&warn, 80), vec![80]);
         assert!(crossed(&warn, 200));

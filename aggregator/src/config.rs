@@ -265,6 +265,9 @@ impl AggregatorConfig {
         if self.kafka.brokers.trim().is_empty() {
             return Err(invalid("kafka.brokers", "must list at least one host:port"));
         }
+        if self.kafka.topic.trim().is_empty() {
+            return Err(invalid("kafka.topic", "must name the usage topic"));
+        }
         if self.kafka.group_id.trim().is_empty() {
             return Err(invalid("kafka.group_id", "must not be empty"));
         }
@@ -314,12 +317,19 @@ impl AggregatorConfig {
         if self.clickhouse.timeout_ms < 100 {
             return Err(invalid("clickhouse.timeout_ms", "must be at least 100"));
         }
-        if self.retry.initial_backoff_ms == 0
-            || self.retry.max_backoff_ms < self.retry.initial_backoff_ms
-        {
+        if self.retry.initial_backoff_ms == 0 {
+            return Err(invalid("retry.initial_backoff_ms", "must be at least 1"));
+        }
+        if self.retry.max_backoff_ms < self.retry.initial_backoff_ms {
             return Err(invalid(
-                "retry",
-                "initial_backoff_ms must be at least 1 and at most max_backoff_ms",
+                "retry.max_backoff_ms",
+                "must be at least retry.initial_backoff_ms",
+            ));
+        }
+        if self.retry.max_backoff_ms > 600_000 {
+            return Err(invalid(
+                "retry.max_backoff_ms",
+                "must be at most 600000 (10 minutes)",
             ));
         }
         if self.sequence.window == 0 || self.sequence.window > 1 << 24 {
@@ -357,6 +367,19 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("clickhouse.database"));
+        let err = |edit: fn(&mut AggregatorConfig)| {
+            let mut cfg = AggregatorConfig::default();
+            edit(&mut cfg);
+            cfg.validate().unwrap_err().to_string()
+        };
+        assert!(err(|c| c.kafka.topic = " ".into()).contains("kafka.topic"));
+        assert!(err(|c| c.retry.initial_backoff_ms = 0).contains("retry.initial_backoff_ms"));
+        let e = err(|c| c.retry.max_backoff_ms = 50);
+        assert!(
+            e.contains("retry.max_backoff_ms") && e.contains("initial_backoff_ms"),
+            "{e}"
+        );
+        assert!(err(|c| c.retry.max_backoff_ms = 3_600_000).contains("retry.max_backoff_ms"));
     }
 
     #[test]

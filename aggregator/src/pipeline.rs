@@ -236,24 +236,35 @@ impl Pipeline {
             );
             return;
         }
+        // Counted once per offset: a message fetched again after a resume or a rebalance is
+        // ignored by the buffer, and not counted (or logged) twice.
+        let poison = match &msg.body {
+            Body::Poison { reason, error } => Some((*reason, error.clone())),
+            Body::Event(_) => None,
+        };
+        let offset = msg.offset;
+        let fresh = self
+            .buffers
+            .parts
+            .entry(partition)
+            .or_default()
+            .push(msg, Instant::now());
+        if !fresh {
+            return;
+        }
         let stats = &self.shared.stats;
         stats.consumed.fetch_add(1, Ordering::Relaxed);
         metrics::counter!(AGG_CONSUMED).increment(1);
-        if let Body::Poison { reason, error } = &msg.body {
+        if let Some((reason, error)) = poison {
             stats.undecodable.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(
                 partition,
-                offset = msg.offset,
+                offset,
                 reason = reason.as_str(),
                 error,
                 "message is not a usage event"
             );
         }
-        self.buffers
-            .parts
-            .entry(partition)
-            .or_default()
-            .push(msg, Instant::now());
     }
 
     async fn flush_due(&mut self) {

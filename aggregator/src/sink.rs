@@ -180,13 +180,21 @@ pub const MAX_PAYLOAD_BYTES: usize = 1 << 20;
 
 /// A ClickHouse client set up for 18.16 and modern servers alike: plain `RowBinary`, no
 /// compression, no row-type validation (older servers lack `RowBinaryWithNamesAndTypes`).
+/// With a `cluster`, inserts into the Distributed table are synchronous: offsets are committed
+/// only once the shards hold the rows (`insert_distributed_sync`, which newer servers keep as
+/// an alias of `distributed_foreground_insert`).
 pub fn client(cfg: &ClickHouseConfig) -> Client {
-    Client::default()
+    let c = Client::default()
         .with_url(&cfg.url)
         .with_user(&cfg.user)
         .with_password(&cfg.password)
         .with_compression(Compression::None)
-        .with_validation(false)
+        .with_validation(false);
+    if cfg.cluster.is_some() {
+        c.with_setting("insert_distributed_sync", "1")
+    } else {
+        c
+    }
 }
 
 /// The offsets of one partition to look up: `lo..=hi`; rows of `usage_events` are searched
@@ -237,6 +245,9 @@ pub struct ClickHouseSink {
     db: Client,
     topic: String,
     timeout: Duration,
+    /// On a cluster each shard's `usage_offsets` holds only its own rows: the stored offsets
+    /// are then read from `usage_events` itself.
+    cluster: bool,
 }
 
 impl std::fmt::Debug for ClickHouseSink {
@@ -254,6 +265,7 @@ impl ClickHouseSink {
             db: client(cfg).with_database(&cfg.database),
             topic: topic.to_string(),
             timeout: Duration::from_millis(cfg.timeout_ms),
+            cluster: cfg.cluster.is_some(),
         }
     }
 
@@ -289,19 +301,26 @@ impl ClickHouseSink {
     }
 
     /// Highest offset of `partition` stored in `usage_events` or `usage_dead_letters` (None
-    /// when neither holds any). Scans the partition's rows of `usage_events`; asked once per
-    /// partition per assignment.
+    /// when neither holds any); asked once per partition per assignment. Single server: from
+    /// `usage_offsets` (migration 0007, a few rows per partition) and the dead letters (sorted
+    /// by partition and offset). Cluster: by scanning the partition's rows of `usage_events`.
     pub async fn max_stored_offset(&self, partition: i32) -> Result<Option<i64>, Error> {
+        let events = if self.cluster {
+            "SELECT kafka_offset AS o FROM usage_events \
+               WHERE kafka_topic = ? AND kafka_partition = ?"
+        } else {
+            "SELECT maxMerge(max_offset) AS o FROM usage_offsets \
+               WHERE kafka_topic = ? AND kafka_partition = ? \
+               GROUP BY kafka_topic, kafka_partition"
+        };
         let query = self
             .db
-            .query(
-                "SELECT count(), max(o) FROM ( \
-                   SELECT kafka_offset AS o FROM usage_events \
-                     WHERE kafka_topic = ? AND kafka_partition = ? \
+            .query(&format!(
+                "SELECT count(), max(o) FROM ( {events} \
                    UNION ALL \
                    SELECT kafka_offset AS o FROM usage_dead_letters \
-                     WHERE kafka_topic = ? AND kafka_partition = ?)",
-            )
+                     WHERE kafka_topic = ? AND kafka_partition = ?)"
+            ))
             .bind(&self.topic)
             .bind(partition)
             .bind(&self.topic)

@@ -64,9 +64,21 @@ mod tests {
         for pair in schemas.windows(2) {
             check(&pair[0], &pair[1]).unwrap();
         }
-        // The current schema also passes against itself (no accidental edits in place).
-        let current = schemas.last().unwrap();
-        check(current, current).unwrap();
+        // In-place edits of a published schema are caught by its golden fixture
+        // (`schemas/tests`), not here: this checks each step between published versions,
+        // and that the next version may add a field with a default.
+        let current = KNOWN_SCHEMAS.last().unwrap();
+        let mut next: serde_json::Value = serde_json::from_str(current).unwrap();
+        next["fields"]
+            .as_array_mut()
+            .unwrap()
+            .push(serde_json::json!({"name": "added_later", "type": "long", "default": 0}));
+        check(&parse(current), &parse(&next.to_string())).unwrap();
+        next["fields"]
+            .as_array_mut()
+            .unwrap()
+            .push(serde_json::json!({"name": "no_default", "type": "long"}));
+        assert!(check(&parse(current), &parse(&next.to_string())).is_err());
     }
 
     #[test]

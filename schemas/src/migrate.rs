@@ -61,6 +61,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "credit_ledger",
         sql: include_str!("../migrations/clickhouse/0006_credit_ledger.sql"),
     },
+    Migration {
+        version: 7,
+        name: "usage_offsets",
+        sql: include_str!("../migrations/clickhouse/0007_usage_offsets.sql"),
+    },
 ];
 
 /// Failure while migrating.
