@@ -27,6 +27,7 @@ pub struct ProxyHandle {
     limits: Limiter,
     budgets: crate::budget::BudgetGate,
     grace: Duration,
+    draining: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Failure to start.
@@ -81,9 +82,14 @@ pub async fn start(cfg: ProxyConfig) -> Result<ProxyHandle, StartError> {
     let control = ControlPlane::start(&cfg).await?;
     let (budgets, credits) = match &cfg.redis {
         Some(r) => (
-            crate::budget::BudgetGate::start_with(&cfg.budgets, &r.url, &r.prefix, r.cluster)?,
+            crate::budget::BudgetGate::start_with(
+                &cfg.budgets,
+                r.url.expose(),
+                &r.prefix,
+                r.cluster,
+            )?,
             Some(crate::budget::ledger::Credits::new(
-                &r.url,
+                r.url.expose(),
                 &r.prefix,
                 r.cluster,
                 cfg.budgets.clickhouse.as_ref(),
@@ -95,7 +101,8 @@ pub async fn start(cfg: ProxyConfig) -> Result<ProxyHandle, StartError> {
         Some(a) => Some(AdminServer::start_with(a, &control, credits).await?),
         None => None,
     };
-    let limits = Limiter::start(&cfg.limits, cfg.redis.as_ref().map(|r| r.url.as_str()))?;
+    let limits = Limiter::start(&cfg.limits, cfg.redis.as_ref().map(|r| r.url.expose()))?;
+    let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let state = AppState {
         catalog: control.catalog(),
         health: Arc::new(Health::default()),
@@ -108,6 +115,7 @@ pub async fn start(cfg: ProxyConfig) -> Result<ProxyHandle, StartError> {
         metrics: crate::telemetry::prometheus(),
         limits: limits.clone(),
         budgets: budgets.clone(),
+        draining: draining.clone(),
     };
     let app = PublicApi::new(state);
     let header_timeout = Duration::from_millis(cfg.header_read_timeout_ms);
@@ -124,6 +132,7 @@ pub async fn start(cfg: ProxyConfig) -> Result<ProxyHandle, StartError> {
         limits,
         budgets,
         grace: Duration::from_secs(cfg.shutdown_grace_secs),
+        draining,
     })
 }
 
@@ -161,6 +170,8 @@ impl ProxyHandle {
     /// Stop accepting, let in-flight requests and streams finish within the grace period,
     /// then flush usage events.
     pub async fn shutdown(self) {
+        self.draining
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         let _ = self.stop.send(true);
         let mut server = self.server;
         match tokio::time::timeout(self.grace, &mut server).await {
@@ -172,7 +183,11 @@ impl ProxyHandle {
                     grace_secs = self.grace.as_secs(),
                     "grace period over; closing remaining connections"
                 );
+                // Aborting the server drops its set of connection tasks, which cancels them:
+                // their meters emit the events of the requests cut short (status 499) before
+                // the publisher flushes below.
                 server.abort();
+                let _ = server.await;
             }
         }
         self.limits.shutdown().await;

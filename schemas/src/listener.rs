@@ -22,8 +22,8 @@ use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
-use tokio_util::task::TaskTracker;
 
 /// Default of `header_read_timeout_ms`.
 pub fn default_header_read_timeout_ms() -> u64 {
@@ -122,6 +122,10 @@ pub async fn serve(
 /// Serve `app` on `listener` (over TLS when `tls` is set) until `shutdown` resolves, then
 /// wait for open connections to finish (each is told to close once its in-flight request is
 /// done). A TLS handshake must also complete within `header_read_timeout`.
+///
+/// The connections are tasks of a [`JoinSet`] owned by this future: dropping it (aborting
+/// the task that serves, when a grace period is over) cancels every connection, so nothing
+/// of theirs (a usage meter, a rate-limit lease) outlives the server.
 pub async fn serve_service<S: AppService>(
     listener: TcpListener,
     app: S,
@@ -130,11 +134,13 @@ pub async fn serve_service<S: AppService>(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
-    let tracker = TaskTracker::new();
+    let mut conns = JoinSet::new();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let (tcp, _peer) = tokio::select! {
             () = &mut shutdown => break,
+            // Reap finished connections so the set holds only open ones.
+            Some(_) = conns.join_next(), if !conns.is_empty() => continue,
             accepted = listener.accept() => match accepted {
                 Ok(c) => c,
                 Err(e) => {
@@ -153,7 +159,7 @@ pub async fn serve_service<S: AppService>(
         // Separate tasks: a plain connection's task is not sized for the TLS path's futures.
         match tls.clone() {
             None => {
-                tracker.spawn(async move {
+                conns.spawn(async move {
                     let h2 = match tokio::time::timeout(header_read_timeout, h2_preface(&tcp)).await
                     {
                         Ok(Ok(h2)) => h2,
@@ -164,7 +170,7 @@ pub async fn serve_service<S: AppService>(
                 });
             }
             Some(acceptor) => {
-                tracker.spawn(async move {
+                conns.spawn(async move {
                     match tokio::time::timeout(header_read_timeout, acceptor.accept(tcp)).await {
                         Ok(Ok(io)) => {
                             let h2 = io.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
@@ -179,8 +185,7 @@ pub async fn serve_service<S: AppService>(
     }
     drop(listener);
     let _ = stop_tx.send(true);
-    tracker.close();
-    tracker.wait().await;
+    while conns.join_next().await.is_some() {}
     Ok(())
 }
 

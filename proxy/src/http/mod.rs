@@ -44,6 +44,9 @@ pub struct AppState {
     pub limits: crate::limits::Limiter,
     /// Budget and credit decisions.
     pub budgets: crate::budget::BudgetGate,
+    /// Set when shutdown begins: `/readyz` then answers 503, so a load balancer probing over
+    /// a kept-alive connection stops sending before the connection closes.
+    pub draining: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// The public API as a hyper service. Requests are routed by method and path here, with no
@@ -96,7 +99,13 @@ pub async fn route(st: &AppState, req: axum::http::Request<Body>) -> Response {
     match (get, path) {
         (true, "/v1/models") => pipeline::list_models(st, req).await,
         (true, "/healthz") => "ok".into_response(),
-        (true, "/readyz") => "ready".into_response(),
+        (true, "/readyz") => {
+            if st.draining.load(std::sync::atomic::Ordering::Relaxed) {
+                (StatusCode::SERVICE_UNAVAILABLE, "draining").into_response()
+            } else {
+                "ready".into_response()
+            }
+        }
         (true, "/metrics") => st
             .metrics
             .as_ref()
