@@ -110,6 +110,12 @@ impl Secret {
     }
 }
 
+impl From<&str> for Secret {
+    fn from(s: &str) -> Self {
+        Self(s.to_owned())
+    }
+}
+
 impl std::fmt::Debug for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Secret(***)")
@@ -141,8 +147,8 @@ pub struct AdminConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisConfig {
-    /// `redis://host:port[/db]`.
-    pub url: String,
+    /// `redis://host:port[/db]` (may carry a password: never printed).
+    pub url: Secret,
     /// Key prefix (a `{hash tag}` is added so all config keys share one cluster slot).
     #[serde(default = "defaults::redis_prefix")]
     pub prefix: String,
@@ -306,10 +312,10 @@ impl ProxyConfig {
         }
         if let Some(url) = get("TOLLGATE_REDIS_URL") {
             match &mut self.redis {
-                Some(r) => r.url = url,
+                Some(r) => r.url = Secret(url),
                 None => {
                     self.redis = Some(RedisConfig {
-                        url,
+                        url: Secret(url),
                         prefix: defaults::redis_prefix(),
                         resync_ms: defaults::resync_ms(),
                         cluster: false,
@@ -454,7 +460,8 @@ impl ProxyConfig {
             }
         }
         if let Some(r) = &self.redis {
-            if !(r.url.starts_with("redis://") || r.url.starts_with("rediss://")) {
+            if !(r.url.expose().starts_with("redis://") || r.url.expose().starts_with("rediss://"))
+            {
                 return Err(invalid(
                     "redis.url",
                     "must start with redis:// or rediss://",
@@ -479,8 +486,23 @@ impl ProxyConfig {
         if self.kafka.linger_ms > 1_000 {
             return Err(invalid("kafka.linger_ms", "must be at most 1000"));
         }
-        if self.kafka.queue_capacity == 0 {
-            return Err(invalid("kafka.queue_capacity", "must be at least 1"));
+        if !(1..=10_000_000).contains(&self.kafka.queue_capacity) {
+            return Err(invalid(
+                "kafka.queue_capacity",
+                "must be between 1 and 10000000 events",
+            ));
+        }
+        if !(100..=600_000).contains(&self.header_read_timeout_ms) {
+            return Err(invalid(
+                "header_read_timeout_ms",
+                "must be between 100 and 600000 ms",
+            ));
+        }
+        if self.shutdown_grace_secs > 3_600 {
+            return Err(invalid(
+                "shutdown_grace_secs",
+                "must be at most 3600 (0: streams end at once)",
+            ));
         }
         let spool = &self.kafka.spool;
         if spool.enabled && spool.dir.as_os_str().is_empty() {
@@ -505,7 +527,7 @@ impl ProxyConfig {
             return Err(invalid("max_body_bytes", "must be at least 1024"));
         }
         self.limits
-            .validate(self.redis.as_ref().map(|r| r.url.as_str()))
+            .validate(self.redis.as_ref().map(|r| r.url.expose()))
             .map_err(field("limits".to_string()))?;
         self.budgets
             .validate()
@@ -538,6 +560,30 @@ kafka:
             .validate()
             .unwrap_err()
             .to_string()
+    }
+
+    #[test]
+    fn out_of_range_numbers_name_their_key() {
+        for (extra, key) in [
+            ("header_read_timeout_ms: 0\n", "header_read_timeout_ms"),
+            ("shutdown_grace_secs: 86400\n", "shutdown_grace_secs"),
+        ] {
+            assert!(
+                validation_error(&format!("{BASE}{extra}")).contains(key),
+                "{key}"
+            );
+        }
+        let huge_queue = BASE.replace(
+            "  brokers: 127.0.0.1:9092",
+            "  brokers: 127.0.0.1:9092\n  queue_capacity: 18446744073709551615",
+        );
+        assert!(validation_error(&huge_queue).contains("kafka.queue_capacity"));
+        let forever = BASE.replace(
+            "    pricing:",
+            "    retry: {cooldown_secs: 18446744073709551615}\n    pricing:",
+        );
+        let err = validation_error(&forever);
+        assert!(err.contains("retry.cooldown_secs"), "{err}");
     }
 
     #[test]
@@ -661,5 +707,12 @@ kafka:
     fn secrets_never_print() {
         let cfg = ProxyConfig::from_yaml(BASE, "t").unwrap();
         assert!(!format!("{cfg:?}").contains("sk-test-123456"));
+        let with_redis = format!("{BASE}redis: {{url: \"redis://:hunter2-pw@r:6379\"}}\n");
+        let cfg = ProxyConfig::from_yaml(&with_redis, "t").unwrap();
+        assert_eq!(
+            cfg.redis.as_ref().unwrap().url.expose(),
+            "redis://:hunter2-pw@r:6379"
+        );
+        assert!(!format!("{cfg:?}").contains("hunter2"));
     }
 }

@@ -445,6 +445,12 @@ impl Model {
                 "must be at least 1",
             ));
         }
+        if r.cooldown_secs > 86_400 {
+            return Err(FieldError::new(
+                "retry.cooldown_secs",
+                "must be at most 86400 (a day)",
+            ));
+        }
         if let Some(rl) = &self.rate_limit {
             rl.validate()?;
         }

@@ -27,8 +27,6 @@ pub struct Deployment {
     pub base_url: String,
     /// Name sent upstream.
     pub upstream_model: String,
-    /// Provider key (from the entity or its env variable).
-    pub api_key: Option<String>,
     /// Azure api-version.
     pub api_version: String,
     /// Share within its tier.
@@ -183,7 +181,6 @@ impl Catalog {
                             provider: d.provider,
                             base_url,
                             upstream_model,
-                            api_key,
                             api_version,
                             weight: d.weight,
                             priority: d.priority,
@@ -310,7 +307,8 @@ impl Health {
         let cooled = h.failures >= policy.cooldown_after_failures;
         if cooled {
             h.failures = 0;
-            h.cooldown_until = Some(Instant::now() + Duration::from_secs(policy.cooldown_secs));
+            h.cooldown_until =
+                Instant::now().checked_add(Duration::from_secs(policy.cooldown_secs));
         }
         self.tracked.store(s.len(), Ordering::Release);
         cooled
@@ -343,22 +341,31 @@ pub fn attempt_order(
                 .cloned()
                 .collect();
             while !pool.is_empty() {
-                let total: f64 = pool.iter().map(|d| f64::from(d.weight.max(1))).sum();
-                let mut pick = rand() * total;
-                let mut idx = pool.len() - 1;
-                for (i, d) in pool.iter().enumerate() {
-                    let w = f64::from(d.weight.max(1));
-                    if pick < w {
-                        idx = i;
-                        break;
-                    }
-                    pick -= w;
-                }
+                let idx = weighted_pick(&pool, &mut rand);
                 out.push(pool.remove(idx));
             }
         }
     }
     out
+}
+
+/// Index of a deployment of `pool` drawn by weight. Weight-0 deployments are the tier's
+/// standbys: drawn only once no weighted one is left, in their listed order.
+fn weighted_pick(pool: &[Arc<Deployment>], rand: &mut impl FnMut() -> f64) -> usize {
+    let total: f64 = pool.iter().map(|d| f64::from(d.weight)).sum();
+    if total <= 0.0 {
+        return 0;
+    }
+    let mut pick = rand() * total;
+    for (i, d) in pool.iter().enumerate() {
+        let w = f64::from(d.weight);
+        if w > 0.0 && pick < w {
+            return i;
+        }
+        pick -= w;
+    }
+    // Rounding at the top end: the last weighted deployment.
+    pool.iter().rposition(|d| d.weight > 0).unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -390,6 +397,63 @@ accounts:
   - {id: off, enabled: false}
 kafka: {brokers: "h:1"}
 "#;
+
+    #[test]
+    fn provider_keys_never_print() {
+        let yaml = r#"
+models:
+  - name: m
+    deployments:
+      - {base_url: "http://a/v1", api_key: "sk-provider-inline"}
+      - {base_url: "http://b/v1", api_key_env: PROVIDER_KEY}
+kafka: {brokers: "h:1"}
+"#;
+        let cfg = ProxyConfig::from_yaml(yaml, "t").unwrap();
+        cfg.validate().unwrap();
+        let cat = Catalog::build(&cfg.models, &cfg.api_keys, &cfg.accounts, 0, |name| {
+            (name == "PROVIDER_KEY").then(|| "sk-provider-from-env".to_string())
+        });
+        let printed = format!("{cat:?}");
+        assert!(
+            printed.contains("http://b/v1"),
+            "the catalog prints: {printed}"
+        );
+        assert!(!printed.contains("sk-provider"), "{printed}");
+        let m = cat.model("m").unwrap();
+        let sends = |key: &str| m.deployments.iter().any(|d| d.target.sends_key(key));
+        assert!(sends("sk-provider-inline") && sends("sk-provider-from-env"));
+        assert!(!sends("sk-provider"));
+    }
+
+    #[test]
+    fn weight_zero_deployments_are_standbys_of_their_tier() {
+        let cat = catalog(
+            r#"
+models:
+  - name: m
+    deployments:
+      - {base_url: "http://standby/v1", weight: 0}
+      - {base_url: "http://a/v1", weight: 1}
+      - {base_url: "http://b/v1", weight: 3}
+      - {base_url: "http://next-tier/v1", priority: 1}
+kafka: {brokers: "h:1"}
+"#,
+        );
+        let m = cat.model("m").unwrap();
+        let health = Health::default();
+        for r in [0.0, 0.3, 0.999_999, 1.0] {
+            let order: Vec<String> = attempt_order(&m, &health, || r)
+                .iter()
+                .map(|d| d.base_url.clone())
+                .collect();
+            assert_eq!(
+                &order[2..],
+                ["http://standby/v1", "http://next-tier/v1"],
+                "{r}"
+            );
+            assert!(order[..2].contains(&"http://a/v1".to_string()), "{order:?}");
+        }
+    }
 
     #[test]
     fn cost_uses_per_million_prices_and_cached_rate() {

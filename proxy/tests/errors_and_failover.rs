@@ -131,3 +131,99 @@ async fn failover_to_the_next_tier_then_cooldown_skips_the_failing_deployment() 
         .all(|e| e.upstream_model == "healthy-upstream" && e.status_code == 200));
     env.proxy.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_answer_the_proxy_cannot_translate_is_a_502_metered_once() {
+    // An "Anthropic" upstream that answers 200 with a message without `content`.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = format!("http://{}", listener.local_addr().unwrap());
+    let app = axum::Router::new().fallback(|| async {
+        axum::Json(json!({"type": "message", "id": "msg_1",
+            "usage": {"input_tokens": 3, "output_tokens": 1}}))
+    });
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let env = Env::start_with_models(&format!(
+        "  - name: broken-claude\n    retry: {{max_attempts: 1}}\n    deployments:\n      - {{provider: anthropic, base_url: \"{upstream}\", api_key: k}}\n"
+    ))
+    .await;
+    let resp = env
+        .post("/v1/chat/completions", KEY, chat("broken-claude"))
+        .await;
+    assert_eq!(resp.status(), 502);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "upstream_unavailable", "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("untranslatable"),
+        "{body}"
+    );
+    let ev = env.events(1).await.remove(0);
+    assert_eq!(ev.status_code, 502);
+    assert_eq!(ev.error_type.as_deref(), Some("upstream_untranslatable"));
+    assert!(ev.usage_estimated && ev.prompt_tokens > 0, "{ev:?}");
+    assert!(ev.upstream_latency_us > 0 && ev.upstream_latency_us <= ev.latency_us);
+    env.proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_leaving_a_request_already_upstream_is_metered_for_its_worst_case() {
+    // Every answer takes 1.5 s; the client gives up after 300 ms.
+    let env = Env::start_with(tollgate_loadtest::MockConfig {
+        latency_ms: 1_500,
+        ..Default::default()
+    })
+    .await;
+    let cut = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_millis(300))
+        .build()
+        .unwrap()
+        .post(env.url("/v1/chat/completions"))
+        .bearer_auth(KEY)
+        .json(&json!({"model": "gpt-mock", "max_tokens": 7,
+            "messages": [{"role": "user", "content": "a question that takes long"}]}))
+        .send()
+        .await;
+    assert!(cut.is_err(), "the client timed out");
+    let ev = env.events(1).await.remove(0);
+    assert_eq!(ev.status_code, 499, "{ev:?}");
+    assert_eq!(ev.error_type.as_deref(), Some("client_disconnected"));
+    assert!(ev.usage_estimated && ev.prompt_tokens > 0, "{ev:?}");
+    assert_eq!(ev.completion_tokens, 7, "the completion limit it asked for");
+    assert!(ev.cost_nanos > 0);
+    env.proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deployment_whose_provider_key_is_refused_fails_over_and_never_shows_a_401() {
+    let env = Env::start_with_models(
+        "  - name: revoked-mock
+    retry: {max_attempts: 2, backoff_ms: 1}
+    deployments:
+      - {base_url: \"{mock}/v1\", upstream_model: mock-status-401, priority: 0}
+      - {base_url: \"{mock}/v1\", upstream_model: healthy-upstream, priority: 1}
+  - name: all-revoked-mock
+    retry: {max_attempts: 1}
+    deployments:
+      - {base_url: \"{mock}/v1\", upstream_model: mock-status-403}
+",
+    )
+    .await;
+    let ok = env
+        .post("/v1/chat/completions", KEY, chat("revoked-mock"))
+        .await;
+    assert_eq!(ok.status(), 200, "the next deployment answered");
+    let refused = env
+        .post("/v1/chat/completions", KEY, chat("all-revoked-mock"))
+        .await;
+    assert_eq!(refused.status(), 502);
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "upstream_auth_failed", "{body}");
+    assert_eq!(body["error"]["type"], "api_error");
+    let evs = env.events(2).await;
+    assert_eq!((evs[0].status_code, evs[0].attempts), (200, 2));
+    assert_eq!(evs[1].status_code, 502);
+    assert_eq!(evs[1].error_type.as_deref(), Some("upstream_auth_failed"));
+    env.proxy.shutdown().await;
+}

@@ -206,10 +206,10 @@ impl ClientBody {
             any_key: !top.0.is_empty(),
             ..Fields::default()
         };
-        for (i, (key, item)) in top.0.iter().enumerate() {
-            if top.0[..i].iter().any(|(k, _)| k == key) {
-                return Ok(None);
-            }
+        if repeats_a_key(&top.0) {
+            return Ok(None);
+        }
+        for (key, item) in &top.0 {
             match item {
                 Item::Raw(raw) => {
                     let slot = match key.as_ref() {
@@ -463,6 +463,20 @@ impl PromptRead {
 }
 
 /// Reads a prompt value of a [`Shape`] in one pass, counting its text (what
+/// Whether a key occurs twice: pairwise for the few keys of a real request, through a set
+/// beyond that (a body of many thousands of keys must not cost quadratic time).
+fn repeats_a_key(entries: &[(Cow<'_, str>, Item<'_>)]) -> bool {
+    const PAIRWISE_UP_TO: usize = 32;
+    if entries.len() <= PAIRWISE_UP_TO {
+        return entries
+            .iter()
+            .enumerate()
+            .any(|(i, (key, _))| entries[..i].iter().any(|(k, _)| k == key));
+    }
+    let mut seen = std::collections::HashSet::with_capacity(entries.len());
+    !entries.iter().all(|(key, _)| seen.insert(key.as_ref()))
+}
+
 /// `tokens::estimate_prompt` counts of a tree; the last of repeated keys, as a tree keeps).
 struct Prompt(Shape);
 

@@ -142,6 +142,26 @@ fn a_repeated_key_is_normalised_so_the_upstream_sees_what_the_proxy_read() {
 }
 
 #[test]
+fn many_keys_are_checked_for_repeats_through_a_set() {
+    // 200,000 distinct keys: a pairwise check would make 2e10 comparisons.
+    let keys: String = (0..200_000).map(|i| format!(r#","k{i}":0"#)).collect();
+    let text = format!(r#"{{"model":"m"{keys}}}"#);
+    let b = body(&text);
+    assert_eq!(b.field("model").unwrap().as_str().unwrap(), "m");
+    assert_eq!(
+        b.bytes().as_ref(),
+        text.as_bytes(),
+        "no repeat: the body as sent"
+    );
+    // 40 keys and then `model` again: found beyond the pairwise range too.
+    let keys: String = (0..40).map(|i| format!(r#","k{i}":{i}"#)).collect();
+    let b = body(&format!(r#"{{"model":"first"{keys},"model":"last"}}"#));
+    assert_eq!(b.field("model").unwrap().as_str().unwrap(), "last");
+    let text = std::str::from_utf8(b.bytes()).unwrap();
+    assert_eq!(text.matches("\"model\"").count(), 1, "normalised");
+}
+
+#[test]
 fn numbers_beyond_f64_pass_through_but_cannot_be_translated() {
     let b =
         body(r#"{"model": "m", "messages": [{"role": "user", "content": "x"}], "seed": 1e400}"#);

@@ -62,6 +62,10 @@ pub enum ApiError {
     /// Upstream did not answer in time.
     #[error("The upstream provider did not answer in time.")]
     UpstreamTimeout,
+    /// Every deployment tried refused the gateway's own provider credentials (upstream 401 or
+    /// 403): the operator's configuration, not the client's key.
+    #[error("The upstream provider refused this gateway's credentials for the model (HTTP {0}). The gateway's operator must fix the deployment's provider key.")]
+    UpstreamAuthFailed(u16),
     /// A request or token limit of the key or the model is used up.
     #[error("Rate limit exceeded for {entity}. Limited on {}, current limit: {limit}, remaining: {remaining}", .metric.as_str())]
     RateLimited {
@@ -136,7 +140,7 @@ impl ApiError {
             Self::ModelNotAllowed(_) => StatusCode::FORBIDDEN,
             Self::ModelNotFound(_) => StatusCode::NOT_FOUND,
             Self::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::UpstreamUnavailable(_) => StatusCode::BAD_GATEWAY,
+            Self::UpstreamUnavailable(_) | Self::UpstreamAuthFailed(_) => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Self::RateLimited { .. } | Self::ConcurrencyLimited { .. } => {
                 StatusCode::TOO_MANY_REQUESTS
@@ -156,7 +160,9 @@ impl ApiError {
             Self::EndpointNotSupported { .. } => "invalid_request_error",
             Self::ModelNotAllowed(_) => "permission_error",
             Self::ModelNotFound(_) => "invalid_request_error",
-            Self::UpstreamUnavailable(_) | Self::UpstreamTimeout => "api_error",
+            Self::UpstreamUnavailable(_) | Self::UpstreamTimeout | Self::UpstreamAuthFailed(_) => {
+                "api_error"
+            }
             Self::RateLimited { .. } | Self::ConcurrencyLimited { .. } => "rate_limit_error",
             Self::LimiterUnavailable => "api_error",
             Self::BudgetExceeded(_) => "insufficient_quota",
@@ -177,6 +183,7 @@ impl ApiError {
             Self::BodyTooLarge(_) => "request_too_large",
             Self::UpstreamUnavailable(_) => "upstream_unavailable",
             Self::UpstreamTimeout => "upstream_timeout",
+            Self::UpstreamAuthFailed(_) => "upstream_auth_failed",
             Self::RateLimited { .. } => "rate_limit_exceeded",
             Self::ConcurrencyLimited { .. } => "concurrency_limit_exceeded",
             Self::LimiterUnavailable => "rate_limiter_unavailable",
@@ -200,7 +207,7 @@ impl ApiError {
     pub fn cause(&self) -> Cause {
         match self {
             Self::UpstreamUnavailable(_) | Self::UpstreamTimeout => Cause::Upstream,
-            Self::LimiterUnavailable => Cause::Gateway,
+            Self::LimiterUnavailable | Self::UpstreamAuthFailed(_) => Cause::Gateway,
             _ => Cause::Client,
         }
     }
@@ -322,6 +329,11 @@ mod tests {
                 "upstream_unavailable",
             ),
             (ApiError::UpstreamTimeout, 504, "upstream_timeout"),
+            (
+                ApiError::UpstreamAuthFailed(401),
+                502,
+                "upstream_auth_failed",
+            ),
         ];
         for (err, status, code) in cases {
             assert_eq!(err.status().as_u16(), status);
@@ -331,6 +343,8 @@ mod tests {
             assert!(body["error"]["type"].is_string());
         }
         assert_eq!(ApiError::UpstreamTimeout.cause(), Cause::Upstream);
+        assert_eq!(ApiError::UpstreamAuthFailed(403).cause(), Cause::Gateway);
+        assert!(!ApiError::UpstreamAuthFailed(401).retryable());
         assert!(!ApiError::InvalidKey.retryable());
     }
 

@@ -54,6 +54,11 @@ fn retryable_status(status: http::StatusCode) -> bool {
     status.as_u16() == 429 || status.is_server_error()
 }
 
+/// The provider refused the deployment's credentials (its key, or what that key may do).
+fn refused_credentials(status: http::StatusCode) -> bool {
+    matches!(status.as_u16(), 401 | 403)
+}
+
 /// Try deployments until one answers. `on_attempt` is told each deployment tried.
 pub async fn forward(
     st: &AppState,
@@ -112,6 +117,14 @@ pub async fn forward(
         let first_byte = Duration::from_millis(timeouts.first_byte_ms.min(timeouts.total_ms));
         let last = i + 1 == max;
         match tokio::time::timeout(first_byte, client.send(req, &deployment.target.origin)).await {
+            Ok(Ok(resp)) if refused_credentials(resp.status()) => {
+                // The deployment's provider key is wrong or revoked: try another deployment,
+                // and never show the client the provider's answer about a key it did not send.
+                st.health.failure(deployment, &model.retry);
+                let status = resp.status().as_u16();
+                tracing::error!(request_id = call.request_id, deployment = %deployment.key, status, attempt = attempts, "upstream refused the deployment's credentials");
+                last_error = Some(ApiError::UpstreamAuthFailed(status));
+            }
             Ok(Ok(resp)) if retryable_status(resp.status()) => {
                 st.health.failure(deployment, &model.retry);
                 tracing::warn!(request_id = call.request_id, deployment = %deployment.key, status = resp.status().as_u16(), attempt = attempts, "upstream failed");

@@ -217,6 +217,14 @@ async fn serve(
     let rate_headers = admission.headers;
     if let Some(m) = meter.as_mut() {
         m.set_permit(admission.permit);
+        // A client that leaves once the request is upstream is metered for its worst case
+        // (as budgets reserve it): the provider bills the call all the same.
+        m.set_fallback_tokens(crate::usage::Tokens {
+            prompt: prompt_estimate,
+            completion: requested_completion(&body).unwrap_or(0),
+            cached: 0,
+            estimated: true,
+        });
     }
 
     let call = Call {
@@ -288,14 +296,28 @@ async fn serve(
         return Ok(resp);
     }
 
+    let body_started = std::time::Instant::now();
     let bytes = BodyStream::new(fwd.response.into_body(), fwd.deadline)
         .collect()
         .await?;
-    let upstream_latency_us = meter
-        .as_ref()
-        .map_or(0, |m| m.started().elapsed().as_micros() as i64);
+    // Waiting for the headers, then for the body: not the proxy's own time before the call.
+    let upstream_latency_us = fwd.headers_us + body_started.elapsed().as_micros() as i64;
     let translated = translate::response_body(fwd.route, &call, status, &bytes, &model.name);
-    let tokens = if status.is_success() {
+    // The provider answered (and bills) but the proxy cannot read the answer: a 502 to the
+    // client, metered with the prompt estimate.
+    let status = if translated.untranslatable {
+        http::StatusCode::BAD_GATEWAY
+    } else {
+        status
+    };
+    let tokens = if translated.untranslatable {
+        crate::usage::Tokens {
+            prompt: prompt_estimate,
+            completion: 0,
+            cached: 0,
+            estimated: true,
+        }
+    } else if status.is_success() {
         translated.usage.unwrap_or_else(|| crate::usage::Tokens {
             prompt: prompt_estimate,
             completion: tokens::count(&translated.output_text(endpoint)),
@@ -305,7 +327,11 @@ async fn serve(
     } else {
         crate::usage::Tokens::default()
     };
-    let error_type = (!status.is_success()).then(|| format!("upstream_{}", status.as_u16()));
+    let error_type = if translated.untranslatable {
+        Some("upstream_untranslatable".to_owned())
+    } else {
+        (!status.is_success()).then(|| format!("upstream_{}", status.as_u16()))
+    };
     if let Some(m) = meter.take() {
         m.finish(Outcome {
             status: status.as_u16(),

@@ -65,6 +65,8 @@ pub struct MeteredSse<S> {
     opts: RelayOptions,
     splitter: EventSplitter,
     started: Instant,
+    /// When the upstream's response headers were handed to the relay.
+    relay_started: Instant,
     ttft_us: Option<i64>,
     usage: Option<Tokens>,
     anthropic_usage: Option<AnthropicUsage>,
@@ -90,6 +92,7 @@ impl<S> MeteredSse<S> {
             opts,
             splitter: EventSplitter::default(),
             started,
+            relay_started: Instant::now(),
             ttft_us: None,
             usage: None,
             anthropic_usage: None,
@@ -119,7 +122,10 @@ impl<S> MeteredSse<S> {
             error_type: error_type.map(str::to_string),
             tokens: self.tokens(),
             ttft_us: self.ttft_us,
-            upstream_latency_us: self.started.elapsed().as_micros() as i64,
+            // Waiting for the headers, then relaying the body: the proxy's own time before
+            // the upstream call is not in it (`tollgate_proxy_overhead_seconds`).
+            upstream_latency_us: self.opts.upstream_headers_us
+                + self.relay_started.elapsed().as_micros() as i64,
             attempts: self.opts.attempts,
         }
     }

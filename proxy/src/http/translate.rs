@@ -183,6 +183,9 @@ pub struct Translated {
     pub usage: Option<Tokens>,
     /// Whether the bytes differ from the upstream's (content type becomes JSON).
     pub changed: bool,
+    /// A successful upstream response the proxy could not translate: the bytes are an error
+    /// body, sent as 502.
+    pub untranslatable: bool,
 }
 
 impl Translated {
@@ -208,6 +211,7 @@ fn passthrough(endpoint: Endpoint, bytes: &Bytes, public: &str) -> Option<Transl
             bytes: bytes.clone(),
             usage,
             changed: false,
+            untranslatable: false,
         })
     };
     let Some(model) = env.model else {
@@ -226,6 +230,7 @@ fn passthrough(endpoint: Endpoint, bytes: &Bytes, public: &str) -> Option<Transl
         bytes: Bytes::from(out),
         usage,
         changed: true,
+        untranslatable: false,
     })
 }
 
@@ -247,12 +252,14 @@ pub fn response_body(
         bytes: bytes.clone(),
         usage: usage_of(endpoint, body),
         changed: false,
+        untranslatable: false,
     };
     let parsed: Option<Value> = serde_json::from_slice(bytes).ok();
     let to_client = |v: Value| Translated {
         bytes: Bytes::from(serde_json::to_vec(&v).unwrap_or_default()),
         usage: usage_of(endpoint, &v),
         changed: true,
+        untranslatable: false,
     };
     if !status.is_success() {
         return match route {
@@ -291,7 +298,10 @@ pub fn response_body(
             } else {
                 err.body()
             };
-            to_client(body)
+            Translated {
+                untranslatable: true,
+                ..to_client(body)
+            }
         }
     }
 }

@@ -169,6 +169,19 @@ impl Target {
             origin,
         }
     }
+
+    /// Whether requests carry `key` as the provider key (for checks; the key never prints).
+    pub fn sends_key(&self, key: &str) -> bool {
+        let Some(Ok((name, value))) = &self.auth else {
+            return false;
+        };
+        let sent = value.as_bytes();
+        if *name == http::header::AUTHORIZATION {
+            sent.strip_prefix(b"Bearer ") == Some(key.as_bytes())
+        } else {
+            sent == key.as_bytes()
+        }
+    }
 }
 
 /// The `host` header of `uri`: the host, and the port unless it is the scheme's default.

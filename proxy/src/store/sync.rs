@@ -131,7 +131,7 @@ impl ControlPlane {
     }
 
     async fn start_redis(seed: FileSeed, cfg: &RedisConfig) -> Result<Self, StoreError> {
-        let redis = RedisStore::with_mode(&cfg.url, &cfg.prefix, cfg.cluster)?;
+        let redis = RedisStore::with_mode(cfg.url.expose(), &cfg.prefix, cfg.cluster)?;
         let store = ConfigStore::Redis(redis.clone());
         let first = tokio::time::timeout(STARTUP_WAIT, async {
             seed.write_to(&store).await?;

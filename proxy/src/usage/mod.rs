@@ -65,6 +65,8 @@ pub struct Meter {
     model: Option<Arc<Model>>,
     permit: Option<crate::limits::Permit>,
     reservation: Option<crate::budget::Reservation>,
+    /// Tokens metered when the meter is dropped unfinished.
+    fallback: Tokens,
 }
 
 impl Meter {
@@ -100,7 +102,14 @@ impl Meter {
             model: None,
             permit: None,
             reservation: None,
+            fallback: Tokens::default(),
         }
+    }
+
+    /// Tokens to meter if the request is cut short before it has an outcome: once it went
+    /// upstream, the provider bills it whether or not the client waits for the answer.
+    pub fn set_fallback_tokens(&mut self, tokens: Tokens) {
+        self.fallback = tokens;
     }
 
     /// When the request started.
@@ -213,10 +222,12 @@ impl Drop for Meter {
     fn drop(&mut self) {
         if self.event.is_some() {
             // A stream's relay finishes its meter itself with what was delivered (see
-            // `http::stream`); a meter dropped anywhere else knows no tokens.
+            // `http::stream`); a meter dropped anywhere else meters its fallback (zero until
+            // the request went upstream).
             self.emit(Outcome {
                 status: 499,
                 error_type: Some(CLIENT_DISCONNECTED.into()),
+                tokens: self.fallback,
                 ..Outcome::default()
             });
         }

@@ -118,6 +118,23 @@ impl Env {
     }
 
     pub async fn start_with(mock_cfg: MockConfig) -> Self {
+        Self::start_full(mock_cfg, "").await
+    }
+
+    /// Started with more models (`extra`: entries of the `models:` list, indented by two;
+    /// `{mock}` stands for the mock's base URL).
+    pub async fn start_with_models(extra: &str) -> Self {
+        Self::start_full(
+            MockConfig {
+                chunk_delay_ms: 1,
+                ..Default::default()
+            },
+            extra,
+        )
+        .await
+    }
+
+    async fn start_full(mock_cfg: MockConfig, extra: &str) -> Self {
         let mock = MockServer::start("127.0.0.1:0".parse().unwrap(), mock_cfg)
             .await
             .unwrap();
@@ -132,10 +149,15 @@ impl Env {
         .unwrap();
         let topic = unique("proxy_t");
         create_topic(&topic).await;
-        let proxy =
-            tollgate_proxy::start(config(&mock.base_url(), &slow_mock.base_url(), &topic, ""))
-                .await
-                .unwrap();
+        let extra = extra.replace("{mock}", &mock.base_url());
+        let proxy = tollgate_proxy::start(config(
+            &mock.base_url(),
+            &slow_mock.base_url(),
+            &topic,
+            &extra,
+        ))
+        .await
+        .unwrap();
         Self {
             mock,
             slow_mock,
