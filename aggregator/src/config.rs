@@ -314,8 +314,11 @@ impl AggregatorConfig {
                 ));
             }
         }
-        if self.clickhouse.timeout_ms < 100 {
-            return Err(invalid("clickhouse.timeout_ms", "must be at least 100"));
+        if !(100..=60_000).contains(&self.clickhouse.timeout_ms) {
+            return Err(invalid(
+                "clickhouse.timeout_ms",
+                "must be between 100 and 60000 (a stalled call must not outlast the consumer's poll interval)",
+            ));
         }
         if self.retry.initial_backoff_ms == 0 {
             return Err(invalid("retry.initial_backoff_ms", "must be at least 1"));

@@ -53,6 +53,10 @@ fn partitions(tpl: &TopicPartitionList) -> Vec<i32> {
 /// The consumer type of the pipeline.
 pub type UsageConsumer = StreamConsumer<RebalanceWatch>;
 
+/// librdkafka's `max.poll.interval.ms`: a member that does not poll for this long leaves the
+/// group.
+pub const MAX_POLL_INTERVAL_MS: u64 = 300_000;
+
 /// Create the consumer and subscribe to the usage topic.
 pub fn consumer(
     cfg: &AggregatorConfig,
@@ -70,6 +74,10 @@ pub fn consumer(
             cfg.kafka.session_timeout_ms.to_string(),
         )
         .set("heartbeat.interval.ms", heartbeat.to_string())
+        // Set, not left to the default: the pipeline keeps each round of writes within a
+        // fraction of it (`pipeline::FLUSH_BUDGET`), so a member never stalls its polls long
+        // enough to be dropped from the group while it still writes.
+        .set("max.poll.interval.ms", MAX_POLL_INTERVAL_MS.to_string())
         // Brokers that answer an empty fetch only after the full wait (Tansu) would otherwise
         // add up to 500 ms (librdkafka's default) to every event's way to ClickHouse and to
         // the budget decisions that follow it (docs/budgets.md).

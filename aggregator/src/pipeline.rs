@@ -36,6 +36,11 @@ use crate::sink::ClickHouseSink;
 use crate::state::{AggregatorStats, Shared};
 use crate::write::{self, Outcome};
 
+/// Longest stretch of writes in one round before Kafka is polled again: a fifth of
+/// `max.poll.interval.ms`, so that even a partition that starts just before it ends (a few
+/// calls of at most `clickhouse.timeout_ms` each) keeps this member in the group.
+const FLUSH_BUDGET: Duration = Duration::from_millis(crate::consumer::MAX_POLL_INTERVAL_MS / 5);
+
 /// The loop state.
 pub struct Pipeline {
     consumer: Arc<UsageConsumer>,
@@ -278,6 +283,11 @@ impl Pipeline {
             due.retain(|p| !stored.contains(p));
         }
         for p in due {
+            // With ClickHouse slow, each partition may take several bounded calls: the rest
+            // stay due for the next round, after Kafka has been polled again.
+            if now.elapsed() >= FLUSH_BUDGET {
+                break;
+            }
             self.flush_partition(p).await;
         }
     }

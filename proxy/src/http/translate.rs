@@ -97,7 +97,14 @@ impl SseTransform for Upstream<AnthropicToOpenAiStream> {
         }
     }
     fn finish(&mut self) -> Vec<u8> {
-        self.0.finish().map(|b| b.to_vec()).unwrap_or_default()
+        match self.0.finish() {
+            Ok(b) => b.to_vec(),
+            Err(e) => {
+                // The events translated before the end still reach the client.
+                tracing::warn!(error = %e, "upstream stream ended early");
+                self.0.take_pending().to_vec()
+            }
+        }
     }
 }
 
@@ -112,7 +119,14 @@ impl SseTransform for Upstream<OpenAiToAnthropicStream> {
         }
     }
     fn finish(&mut self) -> Vec<u8> {
-        self.0.finish().map(|b| b.to_vec()).unwrap_or_default()
+        match self.0.finish() {
+            Ok(b) => b.to_vec(),
+            Err(e) => {
+                // The events translated before the end still reach the client.
+                tracing::warn!(error = %e, "upstream stream ended early");
+                self.0.take_pending().to_vec()
+            }
+        }
     }
 }
 

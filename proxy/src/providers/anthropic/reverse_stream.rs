@@ -108,22 +108,38 @@ impl OpenAiToAnthropicStream {
 
     /// Call when the upstream body ended. Upstreams that omit `data: [DONE]` are tolerated once
     /// a `finish_reason` came; otherwise this fails with [`TranslateError::Truncated`].
+    /// What it translated stays available to [`Self::take_pending`] after a failure.
     pub fn finish(&mut self) -> Result<Bytes, TranslateError> {
         let mut out = std::mem::take(&mut self.pending);
+        match self.finish_into(&mut out) {
+            Ok(()) => Ok(Bytes::from(out)),
+            Err(e) => {
+                self.pending = out;
+                Err(e)
+            }
+        }
+    }
+
+    fn finish_into(&mut self, out: &mut Vec<u8>) -> Result<(), TranslateError> {
         while !self.done {
             let Some((n, ev)) = self.sse.finish()? else {
                 break;
             };
-            self.handle(n, &ev.data, &mut out)?;
+            self.handle(n, &ev.data, out)?;
         }
         if !self.done && self.stop_reason.is_some() {
-            self.end(&mut out);
+            self.end(out);
         }
         if self.done {
-            Ok(Bytes::from(out))
+            Ok(())
         } else {
             Err(TranslateError::Truncated("[DONE]"))
         }
+    }
+
+    /// Output translated but not returned because `feed` or `finish` failed after it.
+    pub fn take_pending(&mut self) -> Bytes {
+        Bytes::from(std::mem::take(&mut self.pending))
     }
 
     /// The usage chunk's counts, once it came.

@@ -102,19 +102,35 @@ impl AnthropicToOpenAiStream {
 
     /// Call when the upstream body ended: translates a last event that lacked its blank line.
     /// Fails with [`TranslateError::Truncated`] when neither `message_stop` nor `error` came.
+    /// What it translated stays available to [`Self::take_pending`] after a failure.
     pub fn finish(&mut self) -> Result<Bytes, TranslateError> {
         let mut out = std::mem::take(&mut self.pending);
+        match self.finish_into(&mut out) {
+            Ok(()) => Ok(Bytes::from(out)),
+            Err(e) => {
+                self.pending = out;
+                Err(e)
+            }
+        }
+    }
+
+    fn finish_into(&mut self, out: &mut Vec<u8>) -> Result<(), TranslateError> {
         while !self.done {
             let Some((n, ev)) = self.sse.finish()? else {
                 break;
             };
-            self.handle(n, &ev, &mut out)?;
+            self.handle(n, &ev, out)?;
         }
         if self.done {
-            Ok(Bytes::from(out))
+            Ok(())
         } else {
             Err(TranslateError::Truncated("message_stop"))
         }
+    }
+
+    /// Output translated but not returned because `feed` or `finish` failed after it.
+    pub fn take_pending(&mut self) -> Bytes {
+        Bytes::from(std::mem::take(&mut self.pending))
     }
 
     /// Usage seen so far: input (with cache reads/writes) from `message_start`, output from

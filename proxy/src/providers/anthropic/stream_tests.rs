@@ -183,6 +183,20 @@ fn truncated_and_malformed_streams_fail() {
         t.finish().unwrap_err(),
         TranslateError::Truncated("message_stop")
     );
+    // A last event without its blank line, then the end: translated, kept for the client.
+    let mut t = AnthropicToOpenAiStream::new("m", 0, false);
+    t.feed(start.as_bytes()).unwrap();
+    let delta = "data: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"last words\"}}";
+    assert!(
+        t.feed(delta.as_bytes()).unwrap().is_empty(),
+        "waits for its blank line"
+    );
+    assert!(t.finish().is_err());
+    let kept = t.take_pending();
+    assert!(
+        String::from_utf8_lossy(&kept).contains("last words"),
+        "{kept:?}"
+    );
 
     // A bad event is reported with its index; output before it is not lost, later events
     // still translate.
