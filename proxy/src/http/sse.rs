@@ -10,10 +10,16 @@ use serde::Deserialize;
 use crate::providers::openai::UsageJson;
 use crate::usage::Tokens;
 
+/// Longest SSE event buffered while waiting for its blank line: beyond it an upstream is
+/// broken or hostile, and its bytes are passed on (or refused by a translator) unbuffered.
+pub const MAX_EVENT_BYTES: usize = 8 << 20;
+
 /// Splits bytes into complete SSE events (terminated by a blank line; `\n\n` or `\r\n\r\n`).
 ///
 /// Each push scans only the bytes not scanned before (plus a 3-byte overlap for a terminator
-/// split across chunks), so a long event arriving in many small chunks costs linear time.
+/// split across chunks), so a long event arriving in many small chunks costs linear time. An
+/// unterminated event over [`MAX_EVENT_BYTES`] is handed out as it is (metering cannot read
+/// it, the client gets it), so memory stays bounded.
 #[derive(Debug, Default)]
 pub struct EventSplitter {
     buf: BytesMut,
@@ -31,6 +37,11 @@ impl EventSplitter {
                 Some(end) => {
                     out.push(self.buf.split_to(end));
                     self.scanned = 0;
+                }
+                None if self.buf.len() > MAX_EVENT_BYTES => {
+                    out.push(self.buf.split());
+                    self.scanned = 0;
+                    break;
                 }
                 None => {
                     self.scanned = self.buf.len();
@@ -342,6 +353,21 @@ pub fn rewrite_model(event: &[u8], from: &str, to: &str) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_endless_event_is_handed_out_instead_of_buffered() {
+        let mut s = EventSplitter::default();
+        let chunk = vec![b'x'; 1 << 20];
+        for _ in 0..8 {
+            assert!(s.push(&chunk).is_empty(), "still within the limit");
+        }
+        let out = s.push(b"x");
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].len(), MAX_EVENT_BYTES + 1);
+        let ev = s.push(b"data: next\n\n");
+        assert_eq!(ev.len(), 1);
+        assert_eq!(&ev[0][..], b"data: next\n\n");
+    }
 
     #[test]
     fn splits_events_across_chunks() {

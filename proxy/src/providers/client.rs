@@ -191,13 +191,24 @@ pub enum BodyError {
     /// The connection broke or the framing was invalid.
     #[error("upstream response body broken")]
     Broken(#[source] hyper::Error),
+    /// A non-streamed response over [`MAX_RESPONSE_BYTES`].
+    #[error("upstream response larger than {MAX_RESPONSE_BYTES} bytes")]
+    TooLarge,
 }
+
+/// Largest non-streamed upstream response read (an answer, not a download): a broken or
+/// hostile upstream cannot make the proxy buffer without bound.
+pub const MAX_RESPONSE_BYTES: usize = 64 << 20;
 
 impl From<BodyError> for ApiError {
     fn from(e: BodyError) -> Self {
         match e {
             BodyError::Timeout => ApiError::UpstreamTimeout,
             BodyError::Broken(_) => ApiError::UpstreamUnavailable("response body broken".into()),
+            BodyError::TooLarge => ApiError::UpstreamUnavailable(format!(
+                "response larger than {} MiB",
+                MAX_RESPONSE_BYTES >> 20
+            )),
         }
     }
 }
@@ -226,12 +237,21 @@ impl BodyStream {
         }
     }
 
-    /// Read the whole body (up to the deadline).
+    /// Read the whole body (up to the deadline and [`MAX_RESPONSE_BYTES`]).
     pub async fn collect(self) -> Result<Bytes, BodyError> {
+        self.collect_at_most(MAX_RESPONSE_BYTES).await
+    }
+
+    async fn collect_at_most(self, max: usize) -> Result<Bytes, BodyError> {
         let deadline = self.deadline.deadline();
-        match tokio::time::timeout_at(deadline, BodyExt::collect(self.body)).await {
+        let body = http_body_util::Limited::new(self.body, max);
+        match tokio::time::timeout_at(deadline, BodyExt::collect(body)).await {
             Ok(Ok(body)) => Ok(body.to_bytes()),
-            Ok(Err(e)) => Err(BodyError::Broken(e)),
+            Ok(Err(e)) => match e.downcast::<hyper::Error>() {
+                Ok(e) => Err(BodyError::Broken(*e)),
+                // `LengthLimitError`, the only other error of `Limited`.
+                Err(_) => Err(BodyError::TooLarge),
+            },
             Err(_) => Err(BodyError::Timeout),
         }
     }
@@ -369,6 +389,22 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(body, r#"{"a":1}"#);
+    }
+
+    #[tokio::test]
+    async fn collect_stops_at_its_limit() {
+        let url = raw_upstream("HTTP/1.1 200 OK\r\ncontent-length: 12\r\n\r\n{\"a\":123456}").await;
+        let resp = response(&url).await;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let err = BodyStream::new(resp.into_body(), deadline)
+            .collect_at_most(8)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, BodyError::TooLarge), "{err:?}");
+        assert!(matches!(
+            ApiError::from(err),
+            ApiError::UpstreamUnavailable(m) if m.contains("64 MiB")
+        ));
     }
 
     /// An h2c server whose responses send their head and then stay open; counts connections

@@ -2,6 +2,7 @@
 //! end at a blank line (`\n\n`, `\r\n\r\n` or mixed).
 
 use super::TranslateError;
+use crate::http::sse::MAX_EVENT_BYTES;
 
 /// One parsed event.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,10 +29,20 @@ impl SseBuffer {
         self.buf.extend_from_slice(bytes);
     }
 
-    /// The next complete event, if one is buffered. Events without `data` are skipped.
+    /// The next complete event, if one is buffered. Events without `data` are skipped. An
+    /// unterminated event over [`MAX_EVENT_BYTES`] is dropped with an error.
     pub(crate) fn next_event(&mut self) -> Result<Option<(usize, SseEvent)>, TranslateError> {
         loop {
             let Some(end) = self.complete_event_end() else {
+                if self.buf.len() > MAX_EVENT_BYTES {
+                    self.buf = Vec::new();
+                    self.scan = 0;
+                    self.count += 1;
+                    return Err(TranslateError::Unsupported {
+                        path: format!("event[{}]", self.count - 1),
+                        reason: format!("longer than {MAX_EVENT_BYTES} bytes without an end"),
+                    });
+                }
                 return Ok(None);
             };
             let raw: Vec<u8> = self.buf.drain(..end).collect();
@@ -117,6 +128,23 @@ mod tests {
             out.push(ev);
         }
         out
+    }
+
+    #[test]
+    fn an_endless_event_is_dropped_and_the_stream_goes_on() {
+        let mut b = SseBuffer::default();
+        let chunk = vec![b'a'; 1 << 20];
+        for _ in 0..8 {
+            b.push(&chunk);
+            assert_eq!(b.next_event().unwrap(), None, "still within the limit");
+        }
+        b.push(b"a");
+        assert!(matches!(
+            b.next_event(),
+            Err(TranslateError::Unsupported { reason, .. }) if reason.contains("without an end")
+        ));
+        b.push(b"data: next\n\n");
+        assert_eq!(b.next_event().unwrap().unwrap().1.data, "next");
     }
 
     #[test]
