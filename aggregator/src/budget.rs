@@ -139,6 +139,19 @@ pub(crate) async fn run_pipe<T: redis::FromRedisValue>(
     }
 }
 
+/// Longest wait for one ClickHouse call of budgets and credits (alert rows, recounts, ledger
+/// entries): a hung server must not freeze the evaluator or a payment webhook.
+pub(crate) const CLICKHOUSE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// `call`, failing with `TimedOut` after [`CLICKHOUSE_TIMEOUT`].
+pub(crate) async fn clickhouse_bounded<T>(
+    call: impl std::future::Future<Output = Result<T, clickhouse::error::Error>>,
+) -> Result<T, clickhouse::error::Error> {
+    tokio::time::timeout(CLICKHOUSE_TIMEOUT, call)
+        .await
+        .unwrap_or(Err(clickhouse::error::Error::TimedOut))
+}
+
 /// Now, Unix ms.
 pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now()

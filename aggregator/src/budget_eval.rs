@@ -317,9 +317,12 @@ impl Evaluator {
             version: u64::try_from(now_ms()).unwrap_or(0),
         };
         let db = &self.budgets.inner.db;
-        let mut insert = db.insert::<AlertRow>("budget_alerts").await?;
-        insert.write(&row).await?;
-        insert.end().await?;
+        crate::budget::clickhouse_bounded(async {
+            let mut insert = db.insert::<AlertRow>("budget_alerts").await?;
+            insert.write(&row).await?;
+            insert.end().await
+        })
+        .await?;
         metrics::counter!(BUDGET_ALERTS, "mode" => b.mode.as_str()).increment(1);
         tracing::warn!(
             budget = %b.id,

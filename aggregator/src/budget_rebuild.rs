@@ -45,7 +45,7 @@ async fn query(
     bind: impl FnOnce(clickhouse::query::Query) -> clickhouse::query::Query,
 ) -> Result<Recount, clickhouse::error::Error> {
     let q = bind(b.inner.db.query(sql).bind(&b.inner.topic));
-    let rows: Vec<(i32, i64, i64)> = q.fetch_all().await?;
+    let rows: Vec<(i32, i64, i64)> = crate::budget::clickhouse_bounded(q.fetch_all()).await?;
     Ok(Recount {
         total: rows.iter().map(|r| r.2).sum(),
         offsets: rows.iter().map(|r| (r.0, r.1)).collect(),
@@ -145,7 +145,9 @@ pub async fn rebuild_credit(b: &Budgets, account: &CreditAccount) -> Result<bool
     for attempt in 0..ATTEMPTS {
         let fetched = async {
             let usage = recount_credit(b, account).await?;
-            let entries = ledger::entries(&b.inner.db, &account.id).await?;
+            let entries =
+                crate::budget::clickhouse_bounded(ledger::entries(&b.inner.db, &account.id))
+                    .await?;
             Ok::<_, clickhouse::error::Error>((usage, entries))
         };
         let (usage, entries) = match fetched.await {

@@ -67,7 +67,7 @@ impl Budgets {
                 balance_nanos: topup.unwrap_or(0) - used.unwrap_or(0),
             });
         }
-        ledger::insert(&self.inner.db, entry).await?;
+        crate::budget::clickhouse_bounded(ledger::insert(&self.inner.db, entry)).await?;
         let mut inv = credit_call(self.prefix(), account, "topup");
         inv.arg(&entry.entry_id).arg(entry.amount_nanos);
         let mut pipe = redis::pipe();
