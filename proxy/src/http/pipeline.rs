@@ -191,17 +191,12 @@ async fn serve(
         m.set_model(&model, stream);
     }
     let prompt_estimate = body.prompt_estimate();
+    let requested = requested_completion(&body);
     if let Some(m) = meter.as_mut() {
         let event_id = m.event_id().to_string();
         let reservation = st
             .budgets
-            .check_request(
-                key,
-                &model,
-                prompt_estimate,
-                requested_completion(&body),
-                &event_id,
-            )
+            .check_request(key, &model, prompt_estimate, requested, &event_id)
             .await?;
         m.set_reservation(reservation);
     }
@@ -211,7 +206,7 @@ async fn serve(
             key,
             model: &model,
             prompt_tokens: prompt_estimate,
-            max_completion_tokens: requested_completion(&body),
+            max_completion_tokens: requested,
         })
         .await?;
     let rate_headers = admission.headers;
@@ -221,7 +216,7 @@ async fn serve(
         // (as budgets reserve it): the provider bills the call all the same.
         m.set_fallback_tokens(crate::usage::Tokens {
             prompt: prompt_estimate,
-            completion: requested_completion(&body).unwrap_or(0),
+            completion: requested.unwrap_or(0),
             cached: 0,
             estimated: true,
         });

@@ -86,6 +86,18 @@ fn encode<T: serde::Serialize + ?Sized>(body: &T) -> Result<Bytes, ApiError> {
 
 struct Upstream<T>(T);
 
+/// What a translator's `finish` leaves for the client: on failure (the upstream ended early)
+/// the events it translated before the end still reach the client.
+fn tail(end: Result<Bytes, TranslateError>, pending: impl FnOnce() -> Bytes) -> Vec<u8> {
+    match end {
+        Ok(b) => b.to_vec(),
+        Err(e) => {
+            tracing::warn!(error = %e, "upstream stream ended early");
+            pending().to_vec()
+        }
+    }
+}
+
 impl SseTransform for Upstream<AnthropicToOpenAiStream> {
     fn push(&mut self, input: &[u8]) -> Vec<u8> {
         match self.0.feed(input) {
@@ -97,14 +109,8 @@ impl SseTransform for Upstream<AnthropicToOpenAiStream> {
         }
     }
     fn finish(&mut self) -> Vec<u8> {
-        match self.0.finish() {
-            Ok(b) => b.to_vec(),
-            Err(e) => {
-                // The events translated before the end still reach the client.
-                tracing::warn!(error = %e, "upstream stream ended early");
-                self.0.take_pending().to_vec()
-            }
-        }
+        let end = self.0.finish();
+        tail(end, || self.0.take_pending())
     }
 }
 
@@ -119,14 +125,8 @@ impl SseTransform for Upstream<OpenAiToAnthropicStream> {
         }
     }
     fn finish(&mut self) -> Vec<u8> {
-        match self.0.finish() {
-            Ok(b) => b.to_vec(),
-            Err(e) => {
-                // The events translated before the end still reach the client.
-                tracing::warn!(error = %e, "upstream stream ended early");
-                self.0.take_pending().to_vec()
-            }
-        }
+        let end = self.0.finish();
+        tail(end, || self.0.take_pending())
     }
 }
 

@@ -91,6 +91,22 @@ impl TranslateError {
     }
 }
 
+/// The end of a translator's `finish`: `out` on success; on failure `out` goes back to
+/// `pending` (for `take_pending`) and the error is returned.
+fn finished(
+    pending: &mut Vec<u8>,
+    out: Vec<u8>,
+    result: Result<(), TranslateError>,
+) -> Result<bytes::Bytes, TranslateError> {
+    match result {
+        Ok(()) => Ok(bytes::Bytes::from(out)),
+        Err(e) => {
+            *pending = out;
+            Err(e)
+        }
+    }
+}
+
 /// Token counts of one response, in OpenAI's convention.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct TokenUsage {

@@ -111,13 +111,8 @@ impl OpenAiToAnthropicStream {
     /// What it translated stays available to [`Self::take_pending`] after a failure.
     pub fn finish(&mut self) -> Result<Bytes, TranslateError> {
         let mut out = std::mem::take(&mut self.pending);
-        match self.finish_into(&mut out) {
-            Ok(()) => Ok(Bytes::from(out)),
-            Err(e) => {
-                self.pending = out;
-                Err(e)
-            }
-        }
+        let result = self.finish_into(&mut out);
+        super::finished(&mut self.pending, out, result)
     }
 
     fn finish_into(&mut self, out: &mut Vec<u8>) -> Result<(), TranslateError> {
