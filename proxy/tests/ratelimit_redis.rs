@@ -156,7 +156,7 @@ async fn lua_window_slides_without_edge_bursts() {
             .arg(1_000)
             .arg(&[20, 5, 300_000, 288, 16][..])
             .arg("")
-            .arg(&[3, 0, 0, 0, 0, 0, 0, 0, 0][..])
+            .arg(&[3, 0, 0, 0, 0, 0, 0, 0, 0, 1][..])
             .invoke_async(&mut conn)
             .await
             .unwrap();
@@ -193,6 +193,69 @@ async fn lua_window_slides_without_edge_bursts() {
         r <= 3 && o >= last - 5,
         "totals track the live buckets: R={r} o={o}"
     );
+}
+
+/// A refill-only call (last argument 0) checks and counts no request and adds no lease of its
+/// own: it only grants a slice (counted at once) and slots, at most 1/share of what is left,
+/// and tokens alone where only tokens run short. A full window grants nothing.
+#[tokio::test]
+async fn a_refill_only_call_counts_only_its_grant() {
+    let script = redis::Script::new(concat!(
+        include_str!("../src/limits/lua/window.lua"),
+        include_str!("../src/limits/lua/acquire.lua")
+    ));
+    let prefix = unique("rl");
+    let keys = limit_keys(&prefix, LimitEntity::Key, "refill");
+    let mut conn = redis_conn().await;
+    // rpm 100, tpm 10000, concurrency 50, share 4.
+    let mut call = async |lease: &str, args: [i64; 10]| -> Vec<i64> {
+        let row: String = script
+            .key(&keys.minute)
+            .key(&keys.day)
+            .key(&keys.leases)
+            .arg(30_000)
+            .arg(&[1_000, 60, 300_000, 288, 4][..])
+            .arg(lease)
+            .arg(&args[..])
+            .invoke_async(&mut conn)
+            .await
+            .unwrap();
+        row.split(',').map(|v| v.parse().unwrap()).collect()
+    };
+    // A request with a want: counted, plus a quarter of what is left.
+    let r = call("q", [100, 0, 10_000, 0, 50, 10, 40, 400, 8, 1]).await;
+    assert_eq!(
+        (r[0], r[5], r[7], r[11]),
+        (1, 1 + 24, 10 + 400, 1 + 8),
+        "{r:?}"
+    );
+    assert_eq!((r[12], r[13], r[14]), (24, 400, 8));
+    // Refill only: no request counted, no lease `r` added, only the grant.
+    let r = call("r", [100, 0, 10_000, 0, 50, 10, 40, 400, 4, 0]).await;
+    assert_eq!(r[0], 1);
+    assert_eq!((r[12], r[13], r[14]), (18, 400, 4), "{r:?}");
+    assert_eq!((r[5], r[7], r[11]), (25 + 18, 410 + 400, 9 + 4));
+    // Tokens alone.
+    let r = call("", [100, 0, 10_000, 0, 50, 10, 0, 1_000, 0, 0]).await;
+    assert_eq!((r[12], r[13], r[5], r[7]), (0, 1_000, 43, 1_810), "{r:?}");
+    // Fill the window with requests: then a refill gets nothing, and is not refused either.
+    let mut refused = false;
+    for _ in 0..100 {
+        if call("", [100, 0, 10_000, 0, 0, 10, 0, 0, 0, 1]).await[0] == 0 {
+            refused = true;
+            break;
+        }
+    }
+    assert!(refused, "the window fills");
+    let r = call("", [100, 0, 10_000, 0, 50, 10, 40, 400, 2, 0]).await;
+    assert_eq!((r[0], r[5], r[12], r[13]), (1, 100, 0, 0), "{r:?}");
+    let members: Vec<String> = redis_conn()
+        .await
+        .zrange(&keys.leases, 0, -1)
+        .await
+        .unwrap();
+    assert!(members.contains(&"r.4".to_string()), "{members:?}");
+    assert!(!members.contains(&"r".to_string()), "{members:?}");
 }
 
 /// 300 requests of two entities finishing at once: the settle batcher corrects them in a few

@@ -102,12 +102,19 @@ async fn a_busy_key_is_admitted_from_slices_and_unused_quota_goes_back() {
     let tally = drive(l.clone(), cat, 4, until, Duration::ZERO, gauges).await;
     let admitted = tally.admitted.load(Ordering::Relaxed);
     let calls = l.store_acquire_calls();
-    println!("{admitted} admitted with {calls} acquire calls");
+    let checked = l.store_checked_requests();
+    println!("{admitted} admitted with {calls} acquire calls; {checked} checked in Redis");
     assert_eq!(tally.refused.load(Ordering::Relaxed), 0);
     assert!(admitted > 1_000, "only {admitted} admitted");
     assert!(
         calls * 5 < admitted,
         "slices should spare most round trips: {calls} calls for {admitted} requests"
+    );
+    // Slices are refilled before they run out: requests wait for Redis only at the start and
+    // when a slice's bucket ends.
+    assert!(
+        checked * 200 < admitted,
+        "{checked} of {admitted} requests were checked in Redis"
     );
     let (held, _) = l.slices_held();
     assert!(held > 0, "a slice is held right after the traffic");

@@ -67,6 +67,7 @@ catalogue! {
     AGG_DUPLICATES = "tollgate_aggregator_sequence_duplicates_total", Counter, [], "Repeated proxy_seq numbers seen (events produced twice).";
     AGG_SEQUENCE_LATE = "tollgate_aggregator_sequence_late_total", Counter, [], "proxy_seq numbers that arrived after the gap window had passed them (read late while catching up a backlog, or old duplicates).";
     RATELIMIT_DECISION_DURATION = "tollgate_ratelimit_decision_duration_seconds", Histogram, ["backend"], "Time of a request's rate-limit pre-check, backend = local | redis | slice (admitted from a quota slice) | fallback.";
+    RATELIMIT_SLICE_MISSES = "tollgate_ratelimit_slice_misses_total", Counter, ["reason"], "Requests with Redis limits that a quota slice could not admit (checked in Redis instead), reason = no_slice | expired | requests | tokens | slots.";
     RATELIMIT_BACKEND_ERRORS = "tollgate_ratelimit_backend_errors_total", Counter, ["op"], "Failed calls to the shared rate-limit store, op = acquire | settle | renew.";
     BUDGET_CHECK_DURATION = "tollgate_budget_check_duration_seconds", Histogram, [], "Time of a request's budget check in the proxy (cached decisions, reservations).";
     BUDGET_RESERVATIONS = "tollgate_budget_reservations_total", Counter, ["result"], "Worst-case reservations of requests near a hard budget, result = granted | denied | error.";

@@ -9,6 +9,7 @@
 //! - [`permit`]: what an admitted request holds until its `usage::Meter` settles it.
 //! - [`headers`]: `x-ratelimit-*` headers. See `docs/rate-limits.md`.
 
+mod batcher;
 pub mod config;
 pub mod decision;
 pub mod headers;
@@ -158,6 +159,11 @@ impl Limiter {
             }
             _ => None,
         };
+        if let Some(r) = &redis {
+            // The settle batcher runs on the proxy's runtime (refills may apply corrections
+            // from the acquire batcher's thread first).
+            let _ = r.settle_tx();
+        }
         let renewer = redis
             .as_ref()
             .map(|r| lease::spawn_renewer(r.clone(), lease::renew_every(r.lease_ms())));
@@ -209,6 +215,15 @@ impl Limiter {
     /// batched (0 for the local backend).
     pub fn store_acquire_calls(&self) -> u64 {
         self.inner.redis.as_ref().map_or(0, |r| r.acquire_calls())
+    }
+
+    /// Requests checked in Redis so far, not admitted from quota slices (0 for the local
+    /// backend).
+    pub fn store_checked_requests(&self) -> u64 {
+        self.inner
+            .redis
+            .as_ref()
+            .map_or(0, |r| r.checked_requests())
     }
 
     /// Check the key's and the model's limits; count the request if both pass.

@@ -1,14 +1,16 @@
 //! Redis backend: one `EVALSHA` of `acquire.lua` checks all of a request's entities in one round
-//! trip. On a single Redis the checks go through the acquire batcher: a request that arrives
-//! while the previous call is in flight waits for it and then goes with every other request
-//! that waited, in one call that checks them one after the other (each window and lease set
-//! read and written once per call). An idle proxy sends each request at once; a busy one
-//! spends a fraction of a script call per request, without giving up exact shared counts.
+//! trip. On a single Redis the checks go through the acquire batcher ([`super::batcher`], on a
+//! thread and connection of its own): a request that arrives while the previous call is in
+//! flight waits for it and then goes with every other request that waited, in one call that
+//! checks them one after the other (each window and lease set read and written once per call).
+//! An idle proxy sends each request at once; a busy one spends a fraction of a script call per
+//! request, without giving up exact shared counts.
 //! Settlements and refunds go to a background batcher: what finishes within a few
 //! milliseconds (and while the previous batch was in flight) is merged per entity and bucket
 //! and corrected by one `settle.lua` call.
 //! A busy entity's acquire calls also reserve a quota slice, and its requests are then admitted
-//! from the slice in this process ([`super::slices`]).
+//! from the slice in this process ([`super::slices`]); a slice running low is refilled by a
+//! refill-only call that no request waits for.
 //! Scripts take the time from Redis (`TIME`), so proxies' clocks do not matter.
 //!
 //! On a Redis Cluster each entity's keys share a hash tag (one slot), but a request's entities
@@ -17,7 +19,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock, OnceLock, RwLock, Weak};
+use std::sync::{Arc, LazyLock, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
@@ -27,12 +29,13 @@ use tollgate_schemas::redis_keys::{self, LimitEntity, LimitKeys};
 
 use crate::redis_conn::{ConnSettings, RedisConn, RedisTarget};
 
+use super::batcher::{self, AcquireJob, Reply, Rows, ACQUIRE_QUEUE};
 use super::decision::{Checked, Metric, Target};
 use super::headers::Usage;
 use super::lease::Leases;
 use super::local::{now_ms, Adjust};
 use super::settle::{coalesce, Correction, Settle};
-use super::slices::{Grant, Returns, Slices};
+use super::slices::{Grant, Returns, Slices, Want};
 use super::window::{DAY, MINUTE};
 
 static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
@@ -58,22 +61,11 @@ static RENEW: LazyLock<Script> = LazyLock::new(|| {
 const BREAKER_MS: i64 = 1_000;
 /// Most lease ids per renew call.
 const RENEW_CHUNK: usize = 500;
-/// Most finished requests corrected by one settle call.
-const SETTLE_BATCH: usize = 128;
-/// How long the batcher keeps collecting after the first correction of a batch: corrections
-/// of one entity and bucket merge into one, so a busy proxy sends few, larger settle calls.
-/// Tokens and leases are corrected at most this much later.
-const SETTLE_LINGER: Duration = Duration::from_millis(5);
 /// Corrections waiting for the batcher; beyond this they are dropped and counted as failed
 /// settlements (`op="settle"`), like a settle call that failed.
 const SETTLE_QUEUE: usize = 16_384;
 /// Values per entity in an acquire reply.
-const ROW: usize = 16;
-/// Most requests checked by one acquire call (at most two entities each).
-const ACQUIRE_BATCH: usize = 64;
-/// Requests waiting for the acquire batcher; beyond this, callers wait for room (bounded by
-/// the store timeout like the call itself).
-const ACQUIRE_QUEUE: usize = 4_096;
+pub(super) const ROW: usize = 16;
 /// Most entities whose Redis keys are kept formatted.
 const KEY_CACHE: usize = 65_536;
 
@@ -99,29 +91,22 @@ pub enum StoreFailure {
 
 /// One entity's part of an acquire call.
 #[derive(Debug)]
-struct Entry {
+pub(super) struct Entry {
     keys: Arc<LimitKeys>,
     lease: Option<Arc<str>>,
     /// rpm, rpd, tpm, tpd, concurrency (0 = no limit), reserved tokens, wanted slice
-    /// requests, tokens and slots.
-    args: [i64; 9],
+    /// requests, tokens and slots, and 1 to check and count a request (0: refill only).
+    args: [i64; 10],
 }
 
 /// Formatted Redis keys by entity.
 type KeyCache = HashMap<(LimitEntity, Arc<str>), Arc<LimitKeys>>;
 
-/// A request's entities with their reply rows (ROW values each).
-type Rows = (Vec<Entry>, Vec<i64>);
-
-/// A request waiting for the acquire batcher: its entities come back with their rows.
-struct AcquireJob {
-    entries: Vec<Entry>,
-    reply: oneshot::Sender<Result<Rows, StoreFailure>>,
-}
-
 /// The shared-counter backend.
 pub struct RedisLimiter {
     conn: RedisConn,
+    /// The acquire batcher's own connection (used only on its thread).
+    acquire_conn: RedisConn,
     prefix: Arc<str>,
     lease_ms: i64,
     timeout: Duration,
@@ -131,6 +116,7 @@ pub struct RedisLimiter {
     settle_tx: OnceLock<mpsc::Sender<Settle>>,
     acquire_tx: OnceLock<mpsc::Sender<AcquireJob>>,
     acquire_calls: AtomicU64,
+    checked_requests: AtomicU64,
     key_cache: RwLock<KeyCache>,
     slices: Slices,
 }
@@ -163,12 +149,15 @@ impl RedisLimiter {
     ) -> Result<Self, redis::RedisError> {
         let target = RedisTarget::parse(url, cluster)
             .map_err(|e| redis::RedisError::from((ErrorKind::InvalidClientConfig, "url", e.0)))?;
-        let conn = target.connect(ConnSettings {
+        let settings = ConnSettings {
             connect_timeout: timeout.max(Duration::from_millis(200)),
             response_timeout: timeout,
-        })?;
+        };
+        let conn = target.connect(settings)?;
+        let acquire_conn = target.connect(settings)?;
         Ok(Self {
             conn,
+            acquire_conn,
             prefix: prefix.into(),
             lease_ms,
             timeout,
@@ -178,6 +167,7 @@ impl RedisLimiter {
             settle_tx: OnceLock::new(),
             acquire_tx: OnceLock::new(),
             acquire_calls: AtomicU64::new(0),
+            checked_requests: AtomicU64::new(0),
             key_cache: RwLock::default(),
             slices,
         })
@@ -189,9 +179,121 @@ impl RedisLimiter {
     }
 
     /// Admit a request from its entities' quota slices, without a round trip, if they all
-    /// have room.
-    pub fn from_slices(&self, targets: &[Target]) -> Option<Vec<Checked>> {
-        self.slices.take(targets, Instant::now())
+    /// have room; slices left running low are refilled in the background.
+    pub fn from_slices(self: &Arc<Self>, targets: &[Target]) -> Option<Vec<Checked>> {
+        let taken = self.slices.take(targets, Instant::now())?;
+        if !taken.refill.is_empty() {
+            self.refill(taken.refill);
+        }
+        Some(taken.checked)
+    }
+
+    /// Ask for slices without a request (no caller waits): through the acquire batcher on a
+    /// single Redis (skipped if its queue is full: the entity asks again within
+    /// [`super::slices`]' refill wait), one call per entity on a cluster.
+    fn refill(self: &Arc<Self>, wants: Vec<(Target, Want)>) {
+        let sent = Instant::now();
+        let lease: Option<Arc<str>> = wants
+            .iter()
+            .any(|(_, w)| w.slots > 0)
+            .then(|| uuid::Uuid::now_v7().simple().to_string().into());
+        let entries: Vec<Entry> = wants
+            .iter()
+            .map(|(t, w)| self.entry(t, lease.as_ref(), *w, false))
+            .collect();
+        let targets: Vec<Target> = wants.into_iter().map(|(t, _)| t).collect();
+        if self.conn.is_cluster() {
+            let Ok(rt) = tokio::runtime::Handle::try_current() else {
+                return;
+            };
+            let me = self.clone();
+            rt.spawn(async move {
+                let invocations: Vec<_> = entries
+                    .iter()
+                    .map(|e| me.acquire_call(std::iter::once(e)))
+                    .collect();
+                me.acquire_calls
+                    .fetch_add(invocations.len() as u64, Ordering::Relaxed);
+                let values = me
+                    .bounded(me.run(&me.conn, &invocations))
+                    .await
+                    .and_then(|replies| reply_values(&replies));
+                match values {
+                    Ok(v) => me.refilled(&targets, &entries, &v, lease.as_ref(), sent),
+                    Err(e) => me.refill_failed(&e),
+                }
+            });
+            return;
+        }
+        let job = AcquireJob {
+            entries,
+            reply: Reply::Refill {
+                targets,
+                lease,
+                sent,
+            },
+        };
+        if self.acquire_tx().try_send(job).is_err() {
+            tracing::debug!("quota slice refill skipped: acquire queue full");
+        }
+    }
+
+    /// Record what a refill-only call granted (`values`: ROW per entry).
+    pub(super) fn refilled(
+        self: &Arc<Self>,
+        targets: &[Target],
+        entries: &[Entry],
+        values: &[i64],
+        lease: Option<&Arc<str>>,
+        sent: Instant,
+    ) {
+        if values.len() != entries.len() * ROW {
+            self.refill_failed(&StoreFailure::Reply);
+            return;
+        }
+        for ((row, t), e) in values.chunks(ROW).zip(targets).zip(entries) {
+            match parse(row) {
+                Ok((checked, grant)) => {
+                    self.granted(t, e, &checked, grant, lease, sent, false);
+                }
+                Err(err) => self.refill_failed(&err),
+            }
+        }
+    }
+
+    /// A refill-only call failed: counted; the entity asks again after the refill wait.
+    pub(super) fn refill_failed(&self, e: &StoreFailure) {
+        metrics::counter!(tollgate_schemas::telemetry::RATELIMIT_BACKEND_ERRORS, "op" => "acquire")
+            .increment(1);
+        tracing::debug!(error = %e, "quota slice refill failed");
+    }
+
+    /// Record an admitted entity's answer (`request`: a request was counted with it) and
+    /// what was granted beyond it: leases to renew, the slice, and what an expired slice
+    /// gives back.
+    #[allow(clippy::too_many_arguments)]
+    fn granted(
+        self: &Arc<Self>,
+        t: &Target,
+        e: &Entry,
+        checked: &Checked,
+        grant: Grant,
+        lease: Option<&Arc<str>>,
+        sent: Instant,
+        request: bool,
+    ) {
+        if let (Some(id), true, true) = (lease, request, t.leases()) {
+            self.leases.hold(&e.keys.leases, id);
+        }
+        let (returns, slots) = self
+            .slices
+            .admitted(t, checked, grant, lease, sent, request);
+        for slot in &slots {
+            self.leases.hold(&e.keys.leases, slot);
+        }
+        for s in self.returned(returns) {
+            self.apply(s.adjustments, s.lease);
+        }
     }
 
     /// Give back expired slices and idle slots (`all`: everything not in use; awaited, at
@@ -252,6 +354,11 @@ impl RedisLimiter {
     /// Acquire calls sent to Redis so far (fewer than requests when they were batched).
     pub fn acquire_calls(&self) -> u64 {
         self.acquire_calls.load(Ordering::Relaxed)
+    }
+
+    /// Requests checked in Redis so far (the others were admitted from slices).
+    pub fn checked_requests(&self) -> u64 {
+        self.checked_requests.load(Ordering::Relaxed)
     }
 
     /// Whether the request path should try Redis (no failure in the last second).
@@ -324,13 +431,14 @@ impl RedisLimiter {
         }
     }
 
-    /// Run script calls: one pipeline on a single server (loading the scripts once if Redis
+    /// Run script calls on `conn`: one pipeline on a single server (loading the scripts once if Redis
     /// lost them), concurrent single-slot calls on a cluster. One reply per invocation.
     async fn run(
         &self,
+        conn: &RedisConn,
         invocations: &[ScriptInvocation<'_>],
     ) -> Result<Vec<redis::Value>, StoreFailure> {
-        let mut conn = self.conn.clone();
+        let mut conn = conn.clone();
         if conn.is_cluster() {
             let calls = invocations.iter().map(|inv| {
                 let mut c = conn.clone();
@@ -367,28 +475,10 @@ impl RedisLimiter {
         lease: Option<&Arc<str>>,
     ) -> Result<Vec<Checked>, StoreFailure> {
         let sent = Instant::now();
+        self.checked_requests.fetch_add(1, Ordering::Relaxed);
         let entries: Vec<Entry> = targets
             .iter()
-            .map(|t| {
-                let l = &t.limit;
-                let v = |x: Option<u64>| i64::try_from(x.unwrap_or(0)).unwrap_or(i64::MAX);
-                let want = self.slices.want(t, sent);
-                Entry {
-                    keys: self.keys(t),
-                    lease: lease.cloned(),
-                    args: [
-                        v(l.rpm),
-                        v(l.rpd),
-                        v(l.tpm),
-                        v(l.tpd),
-                        v(l.concurrency),
-                        t.reserve,
-                        want.requests,
-                        want.tokens,
-                        want.slots,
-                    ],
-                }
-            })
+            .map(|t| self.entry(t, lease, self.slices.want(t, sent), true))
             .collect();
         let (entries, values) = if self.conn.is_cluster() {
             let invocations: Vec<_> = entries
@@ -397,7 +487,7 @@ impl RedisLimiter {
                 .collect();
             self.acquire_calls
                 .fetch_add(invocations.len() as u64, Ordering::Relaxed);
-            let replies = self.bounded(self.run(&invocations)).await?;
+            let replies = self.bounded(self.run(&self.conn, &invocations)).await?;
             (entries, reply_values(&replies)?)
         } else {
             self.bounded(self.batched(entries)).await?
@@ -409,20 +499,46 @@ impl RedisLimiter {
         for ((row, t), e) in values.chunks(ROW).zip(targets).zip(&entries) {
             let (checked, grant) = parse(row)?;
             if checked.denied.is_none() {
-                if let (Some(id), true) = (lease, t.leases()) {
-                    self.leases.hold(&e.keys.leases, id);
-                }
-                let (returns, slots) = self.slices.admitted(t, &checked, grant, lease, sent);
-                for slot in &slots {
-                    self.leases.hold(&e.keys.leases, slot);
-                }
-                for s in self.returned(returns) {
-                    self.apply(s.adjustments, s.lease);
-                }
+                self.granted(t, e, &checked, grant, lease, sent, true);
             }
             out.push(checked);
         }
         Ok(out)
+    }
+
+    /// `t`'s part of an acquire call: its limits, `want` beyond the request, and whether a
+    /// request is checked and counted (`false`: refill only).
+    fn entry(&self, t: &Target, lease: Option<&Arc<str>>, want: Want, request: bool) -> Entry {
+        let l = &t.limit;
+        let v = |x: Option<u64>| i64::try_from(x.unwrap_or(0)).unwrap_or(i64::MAX);
+        Entry {
+            keys: self.keys(t),
+            lease: lease.cloned(),
+            args: [
+                v(l.rpm),
+                v(l.rpd),
+                v(l.tpm),
+                v(l.tpd),
+                v(l.concurrency),
+                t.reserve,
+                want.requests,
+                want.tokens,
+                want.slots,
+                i64::from(request),
+            ],
+        }
+    }
+
+    /// One acquire call carrying `entries` on the batcher's connection: the reply values.
+    pub(super) async fn call_batch<'a>(
+        &self,
+        entries: impl Iterator<Item = &'a Entry>,
+    ) -> Result<Vec<i64>, StoreFailure> {
+        let call = self.acquire_call(entries);
+        self.acquire_calls.fetch_add(1, Ordering::Relaxed);
+        self.bounded(self.run(&self.acquire_conn, std::slice::from_ref(&call)))
+            .await
+            .and_then(|replies| reply_values(&replies))
     }
 
     /// An acquire call carrying `entries`, in order.
@@ -449,21 +565,28 @@ impl RedisLimiter {
         inv
     }
 
-    /// Hand a request's entities to the acquire batcher (started on first use) and wait for
-    /// their rows.
+    /// The acquire batcher's queue; the batcher is started on first use, on a thread of its
+    /// own (on the current runtime if no thread could be started).
+    fn acquire_tx(self: &Arc<Self>) -> &mpsc::Sender<AcquireJob> {
+        self.acquire_tx.get_or_init(|| {
+            let (tx, rx) = mpsc::channel(ACQUIRE_QUEUE);
+            if let Err(e) = batcher::spawn_acquire_loop(Arc::downgrade(self), rx) {
+                tracing::error!(error = %e, "rate-limit batcher thread could not start");
+            }
+            tx
+        })
+    }
+
+    /// Hand a request's entities to the acquire batcher and wait for their rows.
     async fn batched(self: &Arc<Self>, entries: Vec<Entry>) -> Result<Rows, StoreFailure> {
-        let tx = self
-            .acquire_tx
-            .get_or_init(|| {
-                let (tx, rx) = mpsc::channel(ACQUIRE_QUEUE);
-                tokio::spawn(acquire_loop(Arc::downgrade(self), rx));
-                tx
-            })
-            .clone();
+        let tx = self.acquire_tx().clone();
         let (reply, answer) = oneshot::channel();
-        tx.send(AcquireJob { entries, reply })
-            .await
-            .map_err(|_| StoreFailure::Stopped)?;
+        tx.send(AcquireJob {
+            entries,
+            reply: Reply::Request(reply),
+        })
+        .await
+        .map_err(|_| StoreFailure::Stopped)?;
         answer.await.map_err(|_| StoreFailure::Stopped)?
     }
 
@@ -478,18 +601,36 @@ impl RedisLimiter {
                 self.leases.release(&self.keys(&a.target).leases, id);
             }
         }
-        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+        let Some(tx) = self.settle_tx() else {
             return;
         };
-        let tx = self.settle_tx.get_or_init(|| {
-            let (tx, rx) = mpsc::channel(SETTLE_QUEUE);
-            rt.spawn(settle_loop(Arc::downgrade(self), rx));
-            tx
-        });
         if tx.try_send(Settle { adjustments, lease }).is_err() {
             metrics::counter!(tollgate_schemas::telemetry::RATELIMIT_BACKEND_ERRORS, "op" => "settle")
                 .increment(1);
             tracing::debug!("rate-limit settlement dropped: settle queue full");
+        }
+    }
+
+    /// The settle batcher's queue, started on first use on the current runtime (`None`
+    /// outside one). [`super::Limiter::start`] starts it on the proxy's runtime.
+    pub(super) fn settle_tx(self: &Arc<Self>) -> Option<&mpsc::Sender<Settle>> {
+        if let Some(tx) = self.settle_tx.get() {
+            return Some(tx);
+        }
+        let rt = tokio::runtime::Handle::try_current().ok()?;
+        Some(self.settle_tx.get_or_init(|| {
+            let (tx, rx) = mpsc::channel(SETTLE_QUEUE);
+            rt.spawn(batcher::settle_loop(Arc::downgrade(self), rx));
+            tx
+        }))
+    }
+
+    /// Send one settle batch; a failure is counted (`op="settle"`).
+    pub(super) async fn settle_batch(&self, batch: &[Settle]) {
+        if let Err(e) = self.bounded(self.apply_now(batch)).await {
+            metrics::counter!(tollgate_schemas::telemetry::RATELIMIT_BACKEND_ERRORS, "op" => "settle")
+                .increment(1);
+            tracing::debug!(error = %e, requests = batch.len(), "rate-limit settlement failed");
         }
     }
 
@@ -525,7 +666,9 @@ impl RedisLimiter {
                 .arg(c.tokens)
                 .arg(&c.leases);
         };
-        self.run(&self.calls(&rows, call, add)).await.map(drop)
+        self.run(&self.conn, &self.calls(&rows, call, add))
+            .await
+            .map(drop)
     }
 
     /// Extend every lease this process holds (one round trip).
@@ -545,46 +688,14 @@ impl RedisLimiter {
                 invocations.push(inv);
             }
         }
-        self.bounded(self.run(&invocations)).await.map(drop)
-    }
-}
-
-/// The acquire batcher: takes every request waiting (up to [`ACQUIRE_BATCH`]), checks them in
-/// one call, answers each, and repeats; ends when the limiter is dropped. Requests never wait
-/// for a batch to fill: only for the call in flight.
-async fn acquire_loop(limiter: Weak<RedisLimiter>, mut rx: mpsc::Receiver<AcquireJob>) {
-    let mut jobs = Vec::with_capacity(ACQUIRE_BATCH);
-    while rx.recv_many(&mut jobs, ACQUIRE_BATCH).await > 0 {
-        let Some(me) = limiter.upgrade() else { return };
-        let call = me.acquire_call(jobs.iter().flat_map(|j| &j.entries));
-        me.acquire_calls.fetch_add(1, Ordering::Relaxed);
-        let result = me
-            .bounded(me.run(std::slice::from_ref(&call)))
+        self.bounded(self.run(&self.conn, &invocations))
             .await
-            .and_then(|replies| reply_values(&replies));
-        drop(me);
-        let rows: usize = jobs.iter().map(|j| j.entries.len() * ROW).sum();
-        match result {
-            Ok(values) if values.len() == rows => {
-                let mut rest = values.as_slice();
-                for job in jobs.drain(..) {
-                    let (mine, tail) = rest.split_at(job.entries.len() * ROW);
-                    rest = tail;
-                    let _ = job.reply.send(Ok((job.entries, mine.to_vec())));
-                }
-            }
-            other => {
-                let failure = Arc::new(other.err().unwrap_or(StoreFailure::Reply));
-                for job in jobs.drain(..) {
-                    let _ = job.reply.send(Err(StoreFailure::Batch(failure.clone())));
-                }
-            }
-        }
+            .map(drop)
     }
 }
 
 /// The values of acquire replies (comma-separated integers), in order.
-fn reply_values(replies: &[redis::Value]) -> Result<Vec<i64>, StoreFailure> {
+pub(super) fn reply_values(replies: &[redis::Value]) -> Result<Vec<i64>, StoreFailure> {
     let mut values = Vec::new();
     for r in replies {
         let redis::Value::BulkString(text) = r else {
@@ -596,30 +707,6 @@ fn reply_values(replies: &[redis::Value]) -> Result<Vec<i64>, StoreFailure> {
         }
     }
     Ok(values)
-}
-
-/// The settle batcher: waits for a correction, keeps collecting for [`SETTLE_LINGER`] (up to
-/// [`SETTLE_BATCH`] requests), sends them in one call, and repeats; ends when the limiter is
-/// dropped.
-async fn settle_loop(limiter: Weak<RedisLimiter>, mut rx: mpsc::Receiver<Settle>) {
-    let mut batch = Vec::with_capacity(SETTLE_BATCH);
-    while rx.recv_many(&mut batch, SETTLE_BATCH).await > 0 {
-        let until = tokio::time::Instant::now() + SETTLE_LINGER;
-        while batch.len() < SETTLE_BATCH {
-            let room = SETTLE_BATCH - batch.len();
-            match tokio::time::timeout_at(until, rx.recv_many(&mut batch, room)).await {
-                Ok(n) if n > 0 => {}
-                _ => break,
-            }
-        }
-        let Some(me) = limiter.upgrade() else { return };
-        if let Err(e) = me.bounded(me.apply_now(&batch)).await {
-            metrics::counter!(tollgate_schemas::telemetry::RATELIMIT_BACKEND_ERRORS, "op" => "settle")
-                .increment(1);
-            tracing::debug!(error = %e, requests = batch.len(), "rate-limit settlement failed");
-        }
-        batch.clear();
-    }
 }
 
 fn parse(row: &[i64]) -> Result<(Checked, Grant), StoreFailure> {

@@ -3,10 +3,17 @@
 //!
 //! When an API key or model sends this proxy at least [`HOT_RPS`] requests a second, its next
 //! acquire call also asks Redis for a slice: about half a second of that demand in requests and
-//! tokens, and free concurrency slots for its peak in flight. Redis grants at most
-//! `1 / share` of what is left of each limit and counts the slice as used at once, in the
+//! tokens, and free concurrency slots for its peak in flight plus headroom. Redis grants at
+//! most `1 / share` of what is left of each limit and counts the slice as used at once, in the
 //! current buckets, so **Redis never hands out more than the limit** across all proxies.
 //! Requests are then admitted from the slice locally.
+//!
+//! - A slice running low (an eighth of a second of demand left, or half the slot headroom) is
+//!   refilled in the background by a refill-only call: the request that took from it does not
+//!   wait, and the requests after it still find room. Only a slice's first grant in each
+//!   bucket comes from a request that missed.
+//! - Why a request could not be admitted from slices is counted in
+//!   `tollgate_ratelimit_slice_misses_total{reason}` ([`Miss`]).
 //!
 //! - A slice is valid only until the bucket it was counted in ends (at most a second, judged
 //!   from when the call was sent, so conservatively): requests it admits are counted in the
@@ -37,7 +44,14 @@ pub const HOT_RPS: i64 = 16;
 /// Most requests asked for in one slice.
 const MAX_REQUESTS: i64 = 4_096;
 /// Most concurrency slots asked for at once.
-const MAX_SLOTS: i64 = 256;
+const MAX_SLOTS: i64 = 4_096;
+/// A slice is refilled when fewer than `1 / LOW` of a second of demand (at most a quarter of
+/// the largest slice) is left in it.
+const LOW: i64 = 8;
+/// Shortest part of a second the current second's rate is extrapolated from, ms.
+const MIN_SPAN_MS: i64 = 50;
+/// Fewest free concurrency slots kept beyond the recent peak in flight.
+const MIN_HEADROOM: i64 = 4;
 /// Longest life of a slice.
 const MAX_LIFE: Duration = Duration::from_secs(1);
 /// How long a refill request blocks the next one for the same entity (requests queued behind
@@ -49,6 +63,40 @@ pub const SWEEP_EVERY: Duration = Duration::from_millis(100);
 /// The process's clock origin for demand seconds.
 static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
 
+/// Why a request could not be admitted from its entities' slices (the first target without
+/// room decides).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Miss {
+    /// The entity holds no slice (not hot on this proxy, or nothing granted yet).
+    NoSlice,
+    /// The slice's bucket ended.
+    Expired,
+    /// The slice's requests are used up.
+    Requests,
+    /// The slice's tokens do not cover the request's reservation.
+    Tokens,
+    /// No free concurrency slot.
+    Slots,
+}
+
+impl Miss {
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::NoSlice => "no_slice",
+            Self::Expired => "expired",
+            Self::Requests => "requests",
+            Self::Tokens => "tokens",
+            Self::Slots => "slots",
+        }
+    }
+
+    fn count(self) {
+        metrics::counter!(tollgate_schemas::telemetry::RATELIMIT_SLICE_MISSES, "reason" => self.as_str())
+            .increment(1);
+    }
+}
+
 /// What an acquire call asks Redis to reserve for an entity beyond its request.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Want {
@@ -58,6 +106,16 @@ pub struct Want {
     pub tokens: i64,
     /// Extra concurrency slots.
     pub slots: i64,
+}
+
+/// A request admitted from slices, and the slices it left running low: refill them with a
+/// refill-only acquire call (see [`Slices::admitted`] with `request: false`).
+#[derive(Debug)]
+pub struct Taken {
+    /// One per target, as Redis would have answered.
+    pub checked: Vec<Checked>,
+    /// Targets whose slice runs low, with what to ask for.
+    pub refill: Vec<(Target, Want)>,
 }
 
 /// What Redis granted an admitted entity beyond its request.
@@ -169,13 +227,104 @@ impl Entity {
         self.held_slots() - self.on_slots
     }
 
-    /// Whether the slice can admit `t` now.
-    fn can_take(&self, t: &Target, now: Instant) -> bool {
-        let Some(s) = &self.slice else { return false };
-        s.until > now
-            && s.requests >= 1
-            && (!t.counts_tokens() || s.tokens >= t.reserve)
-            && (!t.leases() || self.free_slots() >= 1)
+    /// Requests a second: the last second's, or the current one's so far extrapolated to a
+    /// whole second (from at least [`MIN_SPAN_MS`] of it), whichever is higher. Extrapolating
+    /// lets traffic that starts (or returns after an idle spell) get a slice sized for its
+    /// rate within milliseconds instead of growing it round trip by round trip.
+    fn rate(&self, now: Instant) -> i64 {
+        let into = now.saturating_duration_since(*EPOCH).as_millis() % 1_000;
+        let span = i64::try_from(into).unwrap_or(1_000).max(MIN_SPAN_MS);
+        self.last_requests
+            .max(self.requests.saturating_mul(1_000) / span)
+    }
+
+    /// Reserved tokens per request recently.
+    fn tokens_per_request(&self, t: &Target) -> i64 {
+        let per = if self.last_requests > 0 {
+            self.last_tokens / self.last_requests
+        } else {
+            self.tokens / self.requests.max(1)
+        };
+        per.max(t.reserve).max(1)
+    }
+
+    /// Slots to hold: the recent peak in flight plus headroom (half of it, at least
+    /// [`MIN_HEADROOM`]), so that arrivals above the peak do not all go to Redis.
+    fn slot_target(&self) -> i64 {
+        let peak = self.peak.max(self.last_peak);
+        (peak + (peak / 2).max(MIN_HEADROOM)).min(MAX_SLOTS)
+    }
+
+    /// Whether a live slice is running low for `t` (a refill should be asked for).
+    fn low(&self, t: &Target, now: Instant) -> bool {
+        let Some(s) = self.slice.as_ref().filter(|s| s.until > now) else {
+            return false;
+        };
+        let soon = (self.rate(now) / 2).min(MAX_REQUESTS) * 2 / LOW + 1;
+        s.requests < soon
+            || (t.counts_tokens() && s.tokens < soon.saturating_mul(self.tokens_per_request(t)))
+            || (t.leases()
+                && self.free_slots() * 2 < self.slot_target() - self.peak.max(self.last_peak))
+    }
+
+    /// What to ask Redis for beyond `t`'s request: half a second of demand less what a live
+    /// slice still holds (a slice is refilled about twice per bucket), and slots up to
+    /// [`Entity::slot_target`]. Nothing while the entity is not hot or a refill is in flight;
+    /// a non-empty want marks a refill in flight.
+    fn want(&mut self, t: &Target, now: Instant) -> Want {
+        self.roll(now);
+        let hot = self.last_requests.max(self.requests) >= HOT_RPS;
+        let rate = self.rate(now);
+        let refilling = self
+            .refill
+            .is_some_and(|at| now.saturating_duration_since(at) < REFILL_WAIT);
+        if !hot || refilling {
+            return Want::default();
+        }
+        let live = self.slice.as_ref().filter(|s| s.until > now);
+        let (left_requests, left_tokens) =
+            live.map_or((0, 0), |s| (s.requests.max(0), s.tokens.max(0)));
+        let half = (rate / 2).min(MAX_REQUESTS);
+        let requests = (half - left_requests).clamp(0, MAX_REQUESTS);
+        let tokens = if t.counts_tokens() {
+            half.saturating_mul(self.tokens_per_request(t))
+                .saturating_sub(left_tokens)
+                .max(0)
+        } else {
+            0
+        };
+        let slots = if t.leases() {
+            (self.slot_target() - self.held_slots()).clamp(0, MAX_SLOTS)
+        } else {
+            0
+        };
+        let want = Want {
+            requests,
+            tokens,
+            slots,
+        };
+        if want != Want::default() {
+            self.refill = Some(now);
+        }
+        want
+    }
+
+    /// Whether the slice can admit `t` now, and if not, why.
+    fn can_take(&self, t: &Target, now: Instant) -> Result<(), Miss> {
+        let Some(s) = &self.slice else {
+            return Err(Miss::NoSlice);
+        };
+        if s.until <= now {
+            Err(Miss::Expired)
+        } else if s.requests < 1 {
+            Err(Miss::Requests)
+        } else if t.counts_tokens() && s.tokens < t.reserve {
+            Err(Miss::Tokens)
+        } else if t.leases() && self.free_slots() < 1 {
+            Err(Miss::Slots)
+        } else {
+            Ok(())
+        }
     }
 
     /// The counts a request admitted now sees: Redis's at the grant, minus what the slice and
@@ -212,12 +361,13 @@ impl Entity {
         }
     }
 
-    /// Give back free slots beyond the recent peak (all free ones with `all`).
+    /// Give back free slots beyond the recent peak and its headroom (all free ones with `all`).
     fn trim(&mut self, all: bool, out: &mut Returns) {
-        let keep = if all {
+        let idle = self.peak.max(self.last_peak) == 0;
+        let keep = if all || idle {
             self.on_slots
         } else {
-            self.on_slots.max(self.peak.max(self.last_peak))
+            self.on_slots.max(self.slot_target())
         };
         while self.held_slots() > keep.max(0) {
             let Some(id) = self.slots.pop() else { break };
@@ -258,19 +408,24 @@ impl Slices {
 
     /// Admit a request from its entities' slices, if every target has room; `None` sends it to
     /// Redis. Targets with a concurrency limit take a free slot (see [`Slices::release`]).
-    pub fn take(&self, targets: &[Target], now: Instant) -> Option<Vec<Checked>> {
+    /// Slices left running low come back in [`Taken::refill`].
+    pub fn take(&self, targets: &[Target], now: Instant) -> Option<Taken> {
         if !self.enabled {
             return None;
         }
         let mut map = self.lock();
-        let all = targets.iter().all(|t| {
-            map.get(&(t.entity, t.id.clone()))
-                .is_some_and(|e| e.can_take(t, now))
-        });
-        if !all {
-            return None;
+        for t in targets {
+            let room = map
+                .get(&(t.entity, t.id.clone()))
+                .map_or(Err(Miss::NoSlice), |e| e.can_take(t, now));
+            if let Err(miss) = room {
+                drop(map);
+                miss.count();
+                return None;
+            }
         }
         let mut out = Vec::with_capacity(targets.len());
+        let mut refill = Vec::new();
         for t in targets {
             let e = map.get_mut(&(t.entity, t.id.clone()))?;
             e.record(t, now);
@@ -291,64 +446,34 @@ impl Slices {
                 day_bucket,
                 pooled: t.leases(),
             });
+            if e.low(t, now) {
+                let want = e.want(t, now);
+                if want != Want::default() {
+                    refill.push((t.clone(), want));
+                }
+            }
         }
-        Some(out)
+        Some(Taken {
+            checked: out,
+            refill,
+        })
     }
 
-    /// What the next acquire call should reserve for `t` beyond the request.
+    /// What the next acquire call should reserve for `t` beyond the request (see
+    /// [`Entity::want`]).
     pub fn want(&self, t: &Target, now: Instant) -> Want {
         if !self.enabled {
             return Want::default();
         }
         let mut map = self.lock();
-        let Some(e) = map.get_mut(&(t.entity, t.id.clone())) else {
-            return Want::default();
-        };
-        e.roll(now);
-        let rate = e.last_requests.max(e.requests);
-        let refilling = e
-            .refill
-            .is_some_and(|at| now.saturating_duration_since(at) < REFILL_WAIT);
-        if rate < HOT_RPS || refilling {
-            return Want::default();
-        }
-        // Half a second of demand (a slice is refilled about twice per bucket), less what a
-        // live slice still holds.
-        let left = e
-            .slice
-            .as_ref()
-            .filter(|s| s.until > now)
-            .map_or(0, |s| s.requests.max(0));
-        let requests = (rate / 2 - left).clamp(0, MAX_REQUESTS);
-        let tokens = if t.counts_tokens() {
-            let per = if e.last_requests > 0 {
-                e.last_tokens / e.last_requests
-            } else {
-                e.tokens / e.requests.max(1)
-            };
-            requests.saturating_mul(per.max(t.reserve).max(1))
-        } else {
-            0
-        };
-        let slots = if t.leases() {
-            let peak = e.peak.max(e.last_peak) + 1;
-            (peak - e.held_slots()).clamp(0, MAX_SLOTS)
-        } else {
-            0
-        };
-        if requests > 0 || slots > 0 {
-            e.refill = Some(now);
-        }
-        Want {
-            requests,
-            tokens,
-            slots,
-        }
+        map.get_mut(&(t.entity, t.id.clone()))
+            .map_or_else(Want::default, |e| e.want(t, now))
     }
 
-    /// Record a request Redis admitted for `t` (sent at `sent`), with what Redis granted
-    /// beyond it; `lease` names the new slots. Returns what an expired slice gives back and
-    /// the new slot members to renew.
+    /// Record what Redis answered an acquire call for `t` (sent at `sent`): a request it
+    /// admitted (`request`; false for a refill-only call) and what it granted beyond it;
+    /// `lease` names the new slots. Returns what an expired slice gives back and the new slot
+    /// members to renew.
     pub fn admitted(
         &self,
         t: &Target,
@@ -356,6 +481,7 @@ impl Slices {
         grant: Grant,
         lease: Option<&Arc<str>>,
         sent: Instant,
+        request: bool,
     ) -> (Returns, Vec<Arc<str>>) {
         let mut out = Returns::default();
         let mut new_slots = Vec::new();
@@ -364,12 +490,14 @@ impl Slices {
             .entry((t.entity, t.id.clone()))
             .or_insert_with(|| Entity::new(t));
         e.target = t.clone();
-        e.record(t, sent);
+        if request {
+            e.record(t, sent);
+        }
         e.usage = checked.usage;
         if grant != Grant::default() {
             e.refill = None;
         }
-        if grant.requests > 0 {
+        if grant.requests > 0 || grant.tokens > 0 {
             let life = Duration::from_millis(u64::try_from(grant.valid_ms).unwrap_or(0));
             let until = sent + life.min(MAX_LIFE);
             match &mut e.slice {
@@ -517,7 +645,7 @@ mod tests {
     /// `n` requests admitted by Redis, spread over the demand second of `at`.
     fn warm(s: &Slices, t: &Target, n: i64, at: Instant) {
         for _ in 0..n {
-            s.admitted(t, &checked(1), Grant::default(), None, at);
+            s.admitted(t, &checked(1), Grant::default(), None, at, true);
             s.release(t, false);
         }
     }
@@ -532,12 +660,14 @@ mod tests {
         assert_eq!(s.want(&t, now), Want::default(), "below the threshold");
         warm(&s, &t, 1, now);
         let w = s.want(&t, now);
-        assert_eq!(w.requests, HOT_RPS / 2);
-        assert_eq!(w.tokens, HOT_RPS / 2 * 100);
+        // Half a second of the rate, extrapolated from the part of the second gone by.
+        assert!(w.requests >= HOT_RPS / 2, "{w:?}");
+        assert!(w.requests <= HOT_RPS * 1_000 / MIN_SPAN_MS / 2, "{w:?}");
+        assert_eq!(w.tokens, w.requests * 100);
         assert_eq!(w.slots, 0, "no concurrency limit, no slots");
         assert_eq!(s.want(&t, now), Want::default(), "one refill in flight");
         let answered = grant(1, 100, 0, 10);
-        s.admitted(&t, &checked(1), answered, None, now);
+        s.admitted(&t, &checked(1), answered, None, now, true);
         assert!(s.want(&t, now).requests > 0, "answered: the next may ask");
         let off = Slices::new(false, 16);
         warm(&off, &t, 100, now);
@@ -551,10 +681,10 @@ mod tests {
         let t = target(None, 10);
         let now = Instant::now();
         let given = grant(3, 25, 0, 500);
-        let (ret, slots) = s.admitted(&t, &checked(7), given, None, now);
+        let (ret, slots) = s.admitted(&t, &checked(7), given, None, now, true);
         assert!(ret.refunds.is_empty() && slots.is_empty());
         let ts = std::slice::from_ref(&t);
-        let first = s.take(ts, now).expect("from the slice");
+        let first = s.take(ts, now).expect("from the slice").checked;
         assert_eq!((first[0].minute_bucket, first[0].pooled), (7, false));
         // Redis counted 500 requests including the slice; 2 are still held.
         assert_eq!(first[0].usage.minute_requests, 498);
@@ -574,12 +704,12 @@ mod tests {
         let t = target(None, 1);
         let now = Instant::now();
         let g = |requests| grant(requests, requests, 0, 300);
-        s.admitted(&t, &checked(1), g(4), None, now);
-        s.admitted(&t, &checked(1), g(4), None, now);
+        s.admitted(&t, &checked(1), g(4), None, now, true);
+        s.admitted(&t, &checked(1), g(4), None, now, true);
         assert_eq!(s.held().0, 8, "same bucket: merged");
         let later = now + Duration::from_millis(301);
         assert!(s.take(std::slice::from_ref(&t), later).is_none(), "expired");
-        let (ret, _) = s.admitted(&t, &checked(2), g(2), None, later);
+        let (ret, _) = s.admitted(&t, &checked(2), g(2), None, later, true);
         assert_eq!(ret.refunds.len(), 1, "the old bucket's slice is given back");
         assert_eq!(
             (ret.refunds[0].requests, ret.refunds[0].minute_bucket),
@@ -597,12 +727,12 @@ mod tests {
         let now = Instant::now();
         let lease: Arc<str> = "abc".into();
         let given = grant(10, 0, 3, 900);
-        let (_, slots) = s.admitted(&t, &checked(1), given, Some(&lease), now);
+        let (_, slots) = s.admitted(&t, &checked(1), given, Some(&lease), now, true);
         assert_eq!(slots.len(), 3);
         assert_eq!(&*slots[0], "abc.1");
         let ts = std::slice::from_ref(&t);
         for _ in 0..3 {
-            assert!(s.take(ts, now).unwrap()[0].pooled);
+            assert!(s.take(ts, now).unwrap().checked[0].pooled);
         }
         assert!(s.take(ts, now).is_none(), "no free slot");
         s.release(&t, true);
@@ -625,7 +755,7 @@ mod tests {
         let t = target(None, 30);
         let now = Instant::now();
         let given = grant(2, 60, 0, 900);
-        s.admitted(&t, &checked(4), given, None, now);
+        s.admitted(&t, &checked(4), given, None, now, true);
         let adjust = |bucket, requests, tokens| Adjust {
             target: t.clone(),
             minute_bucket: bucket,
@@ -660,12 +790,97 @@ mod tests {
         model.entity = LimitEntity::Model;
         let now = Instant::now();
         let given = grant(5, 0, 0, 900);
-        s.admitted(&key, &checked(1), given, None, now);
+        s.admitted(&key, &checked(1), given, None, now, true);
         let both = [key.clone(), model.clone()];
         assert!(s.take(&both, now).is_none(), "the model has no slice");
         assert_eq!(s.held().0, 5, "nothing taken from the key's");
-        s.admitted(&model, &checked(1), given, None, now);
-        assert_eq!(s.take(&both, now).unwrap().len(), 2);
+        s.admitted(&model, &checked(1), given, None, now, true);
+        assert_eq!(s.take(&both, now).unwrap().checked.len(), 2);
         assert_eq!(s.held().0, 8);
+    }
+
+    #[test]
+    fn a_slice_running_low_asks_for_a_refill_once_and_the_refill_counts_no_request() {
+        let s = Slices::new(true, 16);
+        let t = target(Some(1_000), 10);
+        let now = Instant::now();
+        let lease: Arc<str> = "r".into();
+        warm(&s, &t, 80, now);
+        // 12 requests and their tokens, and the slots for the peak plus headroom.
+        let (_, slots) = s.admitted(
+            &t,
+            &checked(1),
+            grant(12, 120, 5, 900),
+            Some(&lease),
+            now,
+            true,
+        );
+        assert_eq!(slots.len(), 5);
+        let ts = std::slice::from_ref(&t);
+        let mut asked = Vec::new();
+        for _ in 0..12 {
+            let taken = s.take(ts, now).expect("room in the slice");
+            asked.extend(taken.refill);
+            s.release(&t, true);
+        }
+        assert_eq!(
+            asked.len(),
+            1,
+            "one refill while it is in flight: {asked:?}"
+        );
+        let (target, want) = &asked[0];
+        assert_eq!(target.id, t.id);
+        assert!(
+            want.requests > 0 && want.tokens >= want.requests * 10,
+            "{want:?}"
+        );
+        // The refill's grant tops the slice up without counting a request of its own.
+        let before = s.lock()[&(t.entity, t.id.clone())].requests;
+        let more = grant(want.requests, want.tokens, 0, 800);
+        s.admitted(&t, &checked(1), more, Some(&lease), now, false);
+        assert_eq!(s.lock()[&(t.entity, t.id.clone())].requests, before);
+        assert!(s.take(ts, now).is_some(), "refilled");
+        // A token-only top-up is kept too.
+        let tokens = |s: &Slices| {
+            s.lock()[&(t.entity, t.id.clone())]
+                .slice
+                .as_ref()
+                .unwrap()
+                .tokens
+        };
+        let (held, before) = (s.held().0, tokens(&s));
+        s.admitted(&t, &checked(1), grant(0, 500, 0, 800), None, now, false);
+        assert_eq!((s.held().0, tokens(&s)), (held, before + 500));
+    }
+
+    #[test]
+    fn misses_name_what_was_missing() {
+        let s = Slices::new(true, 16);
+        let t = target(Some(1_000), 10);
+        let now = Instant::now();
+        let e = |s: &Slices| s.lock()[&(t.entity, t.id.clone())].can_take(&t, now);
+        s.admitted(&t, &checked(1), Grant::default(), None, now, true);
+        assert_eq!(e(&s), Err(Miss::NoSlice));
+        let lease: Arc<str> = "m".into();
+        s.admitted(
+            &t,
+            &checked(1),
+            grant(1, 5, 1, 900),
+            Some(&lease),
+            now,
+            true,
+        );
+        assert_eq!(e(&s), Err(Miss::Tokens));
+        s.admitted(&t, &checked(1), grant(0, 5, 0, 900), None, now, false);
+        assert_eq!(e(&s), Ok(()));
+        assert!(s.take(std::slice::from_ref(&t), now).is_some());
+        assert_eq!(e(&s), Err(Miss::Requests));
+        s.admitted(&t, &checked(1), grant(1, 10, 0, 900), None, now, false);
+        assert_eq!(e(&s), Err(Miss::Slots));
+        let later = now + Duration::from_secs(1);
+        assert_eq!(
+            s.lock()[&(t.entity, t.id.clone())].can_take(&t, later),
+            Err(Miss::Expired)
+        );
     }
 }

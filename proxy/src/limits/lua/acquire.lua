@@ -10,9 +10,10 @@
 -- and counted at once, in the current buckets, like requests.
 -- KEYS: per entity i (0-based) at 3i+1..3i+3: minute hash, day hash, lease set.
 -- ARGV[1..6]: lease ms, minute bucket ms, minute buckets, day bucket ms, day buckets, share.
--- ARGV per entity i at 10i+7..10i+16: lease id ('' = none), rpm, rpd, tpm, tpd, concurrency
+-- ARGV per entity i at 11i+7..11i+17: lease id ('' = none), rpm, rpd, tpm, tpd, concurrency
 --       (0 = no limit), reserved tokens, wanted extra requests, tokens, slots (slot members
---       are named <lease id>.<1..n>).
+--       are named <lease id>.<1..n>), and 1 to check and count a request, 0 for a refill that
+--       only asks for a slice (nothing is checked and the lease id is not added).
 -- Returns one string of comma-separated integers (cheaper for the client to read than an
 -- array of integers), 16 per entity: admitted, metric (1 rpm, 2 rpd, 3 tpm, 4 tpd,
 -- 5 concurrency), retry ms, minute bucket, day bucket, minute requests, day requests, minute
@@ -61,12 +62,13 @@ end
 
 for i = 0, #KEYS / 3 - 1 do
   local kmin, kday, klease = KEYS[3 * i + 1], KEYS[3 * i + 2], KEYS[3 * i + 3]
-  local a = 10 * i + 6
+  local a = 11 * i + 6
   local lease_id = ARGV[a + 1]
   local rpm, rpd = tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
   local tpm, tpd = tonumber(ARGV[a + 4]), tonumber(ARGV[a + 5])
   local conc, reserve = tonumber(ARGV[a + 6]), tonumber(ARGV[a + 7])
   local want_r, want_t, want_c = tonumber(ARGV[a + 8]), tonumber(ARGV[a + 9]), tonumber(ARGV[a + 10])
+  local request = ARGV[a + 11] == '1'
   local m, d, s
   if rpm > 0 or tpm > 0 then m = window(kmin, mw, mn) end
   if rpd > 0 or tpd > 0 then d = window(kday, dw, dn) end
@@ -85,27 +87,37 @@ for i = 0, #KEYS / 3 - 1 do
     if n < 1 then n = 1 end
     return n
   end
-  if rpm > 0 and m.r + 1 > rpm then deny(1, win_wait(m, 'r', m.r + 1 - rpm)) end
-  if rpd > 0 and d.r + 1 > rpd then deny(2, win_wait(d, 'r', d.r + 1 - rpd)) end
-  if tpm > 0 and m.t + need(tpm) > tpm then deny(3, win_wait(m, 't', m.t + need(tpm) - tpm)) end
-  if tpd > 0 and d.t + need(tpd) > tpd then deny(4, win_wait(d, 't', d.t + need(tpd) - tpd)) end
-  if conc > 0 and in_flight + 1 > conc then deny(5, 1000) end
+  if request then
+    if rpm > 0 and m.r + 1 > rpm then deny(1, win_wait(m, 'r', m.r + 1 - rpm)) end
+    if rpd > 0 and d.r + 1 > rpd then deny(2, win_wait(d, 'r', d.r + 1 - rpd)) end
+    if tpm > 0 and m.t + need(tpm) > tpm then deny(3, win_wait(m, 't', m.t + need(tpm) - tpm)) end
+    if tpd > 0 and d.t + need(tpd) > tpd then deny(4, win_wait(d, 't', d.t + need(tpd) - tpd)) end
+    if conc > 0 and in_flight + 1 > conc then deny(5, 1000) end
+  end
 
   local gr, gt, gc, valid = 0, 0, 0, 0
   if metric == 0 then
-    if m then win_count(m, 1, reserve) end
-    if d then win_count(d, 1, reserve) end
-    if s then
-      s.n = s.n + 1
-      s.add[#s.add + 1] = NOW + lease_ms
-      s.add[#s.add + 1] = lease_id
-      in_flight = s.n
+    if request then
+      if m then win_count(m, 1, reserve) end
+      if d then win_count(d, 1, reserve) end
+      if s then
+        s.n = s.n + 1
+        s.add[#s.add + 1] = NOW + lease_ms
+        s.add[#s.add + 1] = lease_id
+        in_flight = s.n
+      end
     end
-    if want_r > 0 then
-      -- A slice: at most 1/share of what is left of each limit, counted now.
+    if want_r > 0 or want_t > 0 then
+      -- A slice: at most 1/share of what is left of each limit, counted now. Requests
+      -- without tokens (where tokens are limited) and tokens without the requests asked
+      -- for would admit nothing; tokens alone (none asked for) top up a slice whose
+      -- requests last longer.
+      local tokens_limited = tpm > 0 or tpd > 0
       gr = cap(cap(want_r, rpm, v(m, 'r')), rpd, v(d, 'r'))
       gt = cap(cap(want_t, tpm, v(m, 't')), tpd, v(d, 't'))
-      if gr > 0 and (gt > 0 or (tpm == 0 and tpd == 0)) then
+      if tokens_limited and gt == 0 then gr = 0 end
+      if not tokens_limited or (want_r > 0 and gr == 0) then gt = 0 end
+      if gr > 0 or gt > 0 then
         if m then win_count(m, gr, gt) end
         if d then win_count(d, gr, gt) end
         if m then valid = (m.cur + 1) * mw - NOW elseif d then valid = (d.cur + 1) * dw - NOW
