@@ -138,6 +138,39 @@ async fn a_busy_key_is_admitted_from_slices_and_unused_quota_goes_back() {
     l.shutdown().await;
 }
 
+/// A proxy stopped right after its traffic, while refills of its slices may still be in
+/// flight, gives everything back: Redis ends up counting exactly the admitted requests and
+/// their real tokens, and no slot is left in the lease set.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_stopped_right_after_traffic_gives_every_slice_back() {
+    let prefix = unique("sl");
+    let l = limiter(&prefix, 30);
+    let cat = catalog(
+        "{rpm: 1000000, tpm: 1000000000, concurrency: 1000}",
+        "{rpm: 1000000}",
+    );
+    let gauges = Arc::new((AtomicI64::new(0), AtomicI64::new(0)));
+    let until = Instant::now() + Duration::from_millis(1_200);
+    let tally = drive(l.clone(), cat, 4, until, Duration::ZERO, gauges).await;
+    l.shutdown().await;
+    assert_eq!(l.slices_held(), (0, 0));
+    let admitted = i64::try_from(tally.admitted.load(Ordering::Relaxed)).unwrap();
+    let mut conn = redis_conn().await;
+    let key = limit_keys(&prefix, LimitEntity::Key, "k");
+    let model = limit_keys(&prefix, LimitEntity::Model, "m");
+    wait_until(
+        "exact counts after shutdown",
+        Duration::from_secs(3),
+        async || {
+            conn.hget::<_, _, i64>(&key.minute, "R").await.unwrap() == admitted
+                && conn.hget::<_, _, i64>(&model.minute, "R").await.unwrap() == admitted
+                && conn.hget::<_, _, i64>(&key.minute, "T").await.unwrap() == admitted * 15
+                && conn.zcard::<_, i64>(&key.leases).await.unwrap() == 0
+        },
+    )
+    .await;
+}
+
 /// Two proxies hammer one key with rpm 3,000: together they never admit more than the limit,
 /// and since each keeps asking until the end, quota one proxy held in a slice goes back and
 /// is used: exactly the limit is admitted, and Redis counts exactly that.

@@ -93,7 +93,10 @@ pub(super) async fn acquire_loop(limiter: Weak<RedisLimiter>, mut rx: mpsc::Rece
                             targets,
                             lease,
                             sent,
-                        } => me.refilled(&targets, &job.entries, mine, lease.as_ref(), sent),
+                        } => {
+                            me.refilled(&targets, &job.entries, mine, lease.as_ref(), sent);
+                            me.refill_done();
+                        }
                     }
                 }
             }
@@ -104,7 +107,10 @@ pub(super) async fn acquire_loop(limiter: Weak<RedisLimiter>, mut rx: mpsc::Rece
                         Reply::Request(tx) => {
                             let _ = tx.send(Err(StoreFailure::Batch(failure.clone())));
                         }
-                        Reply::Refill { .. } => me.refill_failed(&failure),
+                        Reply::Refill { .. } => {
+                            me.refill_failed(&failure);
+                            me.refill_done();
+                        }
                     }
                 }
             }

@@ -18,7 +18,7 @@
 //! single-slot call (missing scripts are then loaded on every primary by `SCRIPT LOAD`).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
@@ -117,6 +117,8 @@ pub struct RedisLimiter {
     acquire_tx: OnceLock<mpsc::Sender<AcquireJob>>,
     acquire_calls: AtomicU64,
     checked_requests: AtomicU64,
+    /// Refill-only calls sent and not yet answered.
+    refills: AtomicUsize,
     key_cache: RwLock<KeyCache>,
     slices: Slices,
 }
@@ -168,6 +170,7 @@ impl RedisLimiter {
             acquire_tx: OnceLock::new(),
             acquire_calls: AtomicU64::new(0),
             checked_requests: AtomicU64::new(0),
+            refills: AtomicUsize::new(0),
             key_cache: RwLock::default(),
             slices,
         })
@@ -206,6 +209,7 @@ impl RedisLimiter {
             let Ok(rt) = tokio::runtime::Handle::try_current() else {
                 return;
             };
+            self.refills.fetch_add(1, Ordering::AcqRel);
             let me = self.clone();
             rt.spawn(async move {
                 let invocations: Vec<_> = entries
@@ -222,6 +226,7 @@ impl RedisLimiter {
                     Ok(v) => me.refilled(&targets, &entries, &v, lease.as_ref(), sent),
                     Err(e) => me.refill_failed(&e),
                 }
+                me.refill_done();
             });
             return;
         }
@@ -233,9 +238,16 @@ impl RedisLimiter {
                 sent,
             },
         };
+        self.refills.fetch_add(1, Ordering::AcqRel);
         if self.acquire_tx().try_send(job).is_err() {
+            self.refill_done();
             tracing::debug!("quota slice refill skipped: acquire queue full");
         }
+    }
+
+    /// A refill-only call was answered (or failed, or was never sent).
+    pub(super) fn refill_done(&self) {
+        self.refills.fetch_sub(1, Ordering::AcqRel);
     }
 
     /// Record what a refill-only call granted (`values`: ROW per entry).
@@ -297,8 +309,16 @@ impl RedisLimiter {
     }
 
     /// Give back expired slices and idle slots (`all`: everything not in use; awaited, at
-    /// shutdown).
+    /// shutdown, after no more slices are handed out and the refills in flight were answered,
+    /// for at most the store timeout).
     pub async fn sweep(self: &Arc<Self>, all: bool) {
+        if all {
+            self.slices.close();
+            let until = Instant::now() + self.timeout;
+            while self.refills.load(Ordering::Acquire) > 0 && Instant::now() < until {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }
         let returns = self.slices.sweep(Instant::now(), all);
         if all {
             let batch = self.returned(returns);

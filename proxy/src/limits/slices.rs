@@ -30,6 +30,7 @@
 //! `1 / share` of what was left per grant), and `x-ratelimit-remaining-*` of a request
 //! admitted from a slice is this proxy's view at its last grant.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -382,6 +383,8 @@ type Key = (LimitEntity, Arc<str>);
 #[derive(Debug)]
 pub struct Slices {
     enabled: bool,
+    /// Set at shutdown: no more slices are taken from or asked for.
+    closed: AtomicBool,
     share: i64,
     entities: Mutex<foldhash::HashMap<Key, Entity>>,
 }
@@ -392,9 +395,15 @@ impl Slices {
     pub fn new(enabled: bool, share: u32) -> Self {
         Self {
             enabled,
+            closed: AtomicBool::new(false),
             share: i64::from(share.max(1)),
             entities: Mutex::default(),
         }
+    }
+
+    /// Stop handing out and asking for slices (at shutdown, before everything is given back).
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::Relaxed);
     }
 
     /// The share divisor passed to the acquire script.
@@ -410,7 +419,7 @@ impl Slices {
     /// Redis. Targets with a concurrency limit take a free slot (see [`Slices::release`]).
     /// Slices left running low come back in [`Taken::refill`].
     pub fn take(&self, targets: &[Target], now: Instant) -> Option<Taken> {
-        if !self.enabled {
+        if !self.enabled || self.closed.load(Ordering::Relaxed) {
             return None;
         }
         let mut map = self.lock();
@@ -462,7 +471,7 @@ impl Slices {
     /// What the next acquire call should reserve for `t` beyond the request (see
     /// [`Entity::want`]).
     pub fn want(&self, t: &Target, now: Instant) -> Want {
-        if !self.enabled {
+        if !self.enabled || self.closed.load(Ordering::Relaxed) {
             return Want::default();
         }
         let mut map = self.lock();
