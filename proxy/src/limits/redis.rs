@@ -212,17 +212,7 @@ impl RedisLimiter {
             self.refills.fetch_add(1, Ordering::AcqRel);
             let me = self.clone();
             rt.spawn(async move {
-                let invocations: Vec<_> = entries
-                    .iter()
-                    .map(|e| me.acquire_call(std::iter::once(e)))
-                    .collect();
-                me.acquire_calls
-                    .fetch_add(invocations.len() as u64, Ordering::Relaxed);
-                let values = me
-                    .bounded(me.run(&me.conn, &invocations))
-                    .await
-                    .and_then(|replies| reply_values(&replies));
-                match values {
+                match me.call_each(&entries).await {
                     Ok(v) => me.refilled(&targets, &entries, &v, lease.as_ref(), sent),
                     Err(e) => me.refill_failed(&e),
                 }
@@ -501,14 +491,8 @@ impl RedisLimiter {
             .map(|t| self.entry(t, lease, self.slices.want(t, sent), true))
             .collect();
         let (entries, values) = if self.conn.is_cluster() {
-            let invocations: Vec<_> = entries
-                .iter()
-                .map(|e| self.acquire_call(std::iter::once(e)))
-                .collect();
-            self.acquire_calls
-                .fetch_add(invocations.len() as u64, Ordering::Relaxed);
-            let replies = self.bounded(self.run(&self.conn, &invocations)).await?;
-            (entries, reply_values(&replies)?)
+            let values = self.call_each(&entries).await?;
+            (entries, values)
         } else {
             self.bounded(self.batched(entries)).await?
         };
@@ -547,6 +531,20 @@ impl RedisLimiter {
                 i64::from(request),
             ],
         }
+    }
+
+    /// One acquire call per entry, concurrently (a cluster: each entity's keys share a slot,
+    /// different entities usually do not): the reply values, in order.
+    async fn call_each(&self, entries: &[Entry]) -> Result<Vec<i64>, StoreFailure> {
+        let invocations: Vec<_> = entries
+            .iter()
+            .map(|e| self.acquire_call(std::iter::once(e)))
+            .collect();
+        self.acquire_calls
+            .fetch_add(invocations.len() as u64, Ordering::Relaxed);
+        self.bounded(self.run(&self.conn, &invocations))
+            .await
+            .and_then(|replies| reply_values(&replies))
     }
 
     /// One acquire call carrying `entries` on the batcher's connection: the reply values.
