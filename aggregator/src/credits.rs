@@ -72,13 +72,12 @@ impl Budgets {
         inv.arg(&entry.entry_id).arg(entry.amount_nanos);
         let mut pipe = redis::pipe();
         pipe.invoke_script(&inv);
-        let ((applied, topup, used, _changed),): ((i64, i64, i64, i64),) =
+        let ((_applied, topup, used, _changed),): ((i64, i64, i64, i64),) =
             run_pipe(&self.inner.conn, &pipe).await?;
         let balance_nanos = topup - used;
-        Ok(if applied == 1 {
-            Topup::Applied { balance_nanos }
-        } else {
-            Topup::Duplicate { balance_nanos }
-        })
+        // Not seen before this call's ledger row: if the script found the entry applied, a
+        // credit rebuild read that row first and applied it for this call. Counted once
+        // either way.
+        Ok(Topup::Applied { balance_nanos })
     }
 }

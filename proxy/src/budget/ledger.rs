@@ -182,14 +182,13 @@ impl Credits {
             .arg(&scope)
             .arg(&entry.entry_id)
             .arg(entry.amount_nanos);
-        let (applied, topup, used, _): (i64, i64, i64, i64) =
+        let (_applied, topup, used, _): (i64, i64, i64, i64) =
             bounded(inv.invoke_async(&mut conn)).await?;
         let balance = Balance::of(topup, used);
-        Ok(if applied == 1 {
-            Topup::Applied(balance)
-        } else {
-            Topup::Duplicate(balance)
-        })
+        // Not seen before this call's ledger row: if the script found the entry applied, a
+        // credit rebuild (an aggregator recounting the account from the ledger) read that row
+        // first and applied it for this call. Either way it is counted once.
+        Ok(Topup::Applied(balance))
     }
 
     /// Clear the decision `field` of a scope (after a delete) and notify proxies.
