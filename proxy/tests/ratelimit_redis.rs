@@ -134,14 +134,19 @@ async fn leases_are_released_by_permits_and_expire_when_abandoned() {
     );
 }
 
+/// The acquire script as the proxy loads it.
+fn acquire_script() -> redis::Script {
+    redis::Script::new(concat!(
+        include_str!("../src/limits/lua/window.lua"),
+        include_str!("../src/limits/lua/acquire.lua")
+    ))
+}
+
 /// The Lua window with tiny buckets (20 ms × 5), so expiry and the bucket walk run in a
 /// second: at most the limit in any window-length span of buckets, and capacity comes back.
 #[tokio::test]
 async fn lua_window_slides_without_edge_bursts() {
-    let script = redis::Script::new(concat!(
-        include_str!("../src/limits/lua/window.lua"),
-        include_str!("../src/limits/lua/acquire.lua")
-    ));
+    let script = acquire_script();
     let prefix = unique("rl");
     let keys = limit_keys(&prefix, LimitEntity::Key, "lua");
     let mut conn = redis_conn().await;
@@ -200,10 +205,7 @@ async fn lua_window_slides_without_edge_bursts() {
 /// and tokens alone where only tokens run short. A full window grants nothing.
 #[tokio::test]
 async fn a_refill_only_call_counts_only_its_grant() {
-    let script = redis::Script::new(concat!(
-        include_str!("../src/limits/lua/window.lua"),
-        include_str!("../src/limits/lua/acquire.lua")
-    ));
+    let script = acquire_script();
     let prefix = unique("rl");
     let keys = limit_keys(&prefix, LimitEntity::Key, "refill");
     let mut conn = redis_conn().await;

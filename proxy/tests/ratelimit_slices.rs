@@ -89,6 +89,20 @@ async fn drive_pair(
     )
 }
 
+/// Whether Redis counts exactly `admitted` requests on key `k` and model `m`, and their real
+/// tokens on the key (15 per request, see [`USED`]).
+async fn counted_exactly(
+    conn: &mut redis::aio::MultiplexedConnection,
+    prefix: &str,
+    admitted: i64,
+) -> bool {
+    let key = limit_keys(prefix, LimitEntity::Key, "k");
+    let model = limit_keys(prefix, LimitEntity::Model, "m");
+    conn.hget::<_, _, i64>(&key.minute, "R").await.unwrap() == admitted
+        && conn.hget::<_, _, i64>(&model.minute, "R").await.unwrap() == admitted
+        && conn.hget::<_, _, i64>(&key.minute, "T").await.unwrap() == admitted * 15
+}
+
 /// One busy proxy: after its first second most requests are admitted from slices (far fewer
 /// Redis calls than requests), and once it stops, what the slices did not use is given back,
 /// so Redis counts exactly the admitted requests and their real tokens.
@@ -119,19 +133,13 @@ async fn a_busy_key_is_admitted_from_slices_and_unused_quota_goes_back() {
     let (held, _) = l.slices_held();
     assert!(held > 0, "a slice is held right after the traffic");
     let mut conn = redis_conn().await;
-    let key = limit_keys(&prefix, LimitEntity::Key, "k");
-    let model = limit_keys(&prefix, LimitEntity::Model, "m");
     let admitted = i64::try_from(admitted).unwrap();
     // Slices expire with their bucket (≤ 1 s) and the sweep gives them back; each request
     // reserved 30 tokens and used 15.
     wait_until(
         "unused slices returned",
         Duration::from_secs(5),
-        async || {
-            conn.hget::<_, _, i64>(&key.minute, "R").await.unwrap() == admitted
-                && conn.hget::<_, _, i64>(&model.minute, "R").await.unwrap() == admitted
-                && conn.hget::<_, _, i64>(&key.minute, "T").await.unwrap() == admitted * 15
-        },
+        async || counted_exactly(&mut conn, &prefix, admitted).await,
     )
     .await;
     assert_eq!(l.slices_held().0, 0);
@@ -156,16 +164,13 @@ async fn a_proxy_stopped_right_after_traffic_gives_every_slice_back() {
     assert_eq!(l.slices_held(), (0, 0));
     let admitted = i64::try_from(tally.admitted.load(Ordering::Relaxed)).unwrap();
     let mut conn = redis_conn().await;
-    let key = limit_keys(&prefix, LimitEntity::Key, "k");
-    let model = limit_keys(&prefix, LimitEntity::Model, "m");
+    let leases = limit_keys(&prefix, LimitEntity::Key, "k").leases;
     wait_until(
         "exact counts after shutdown",
         Duration::from_secs(3),
         async || {
-            conn.hget::<_, _, i64>(&key.minute, "R").await.unwrap() == admitted
-                && conn.hget::<_, _, i64>(&model.minute, "R").await.unwrap() == admitted
-                && conn.hget::<_, _, i64>(&key.minute, "T").await.unwrap() == admitted * 15
-                && conn.zcard::<_, i64>(&key.leases).await.unwrap() == 0
+            counted_exactly(&mut conn, &prefix, admitted).await
+                && conn.zcard::<_, i64>(&leases).await.unwrap() == 0
         },
     )
     .await;

@@ -55,8 +55,9 @@ pub(super) struct AcquireJob {
     pub(super) reply: Reply,
 }
 
-/// Start the acquire batcher on a thread of its own; if the thread cannot be started, on the
-/// current runtime. The loop (and the thread) ends when the limiter is dropped.
+/// Start the acquire batcher on a thread of its own. The loop (and the thread) ends when the
+/// limiter is dropped. If it cannot start, pre-checks fail as when Redis is unreachable (the
+/// limiter's `failure_mode` decides).
 pub(super) fn spawn_acquire_loop(
     limiter: Weak<RedisLimiter>,
     rx: mpsc::Receiver<AcquireJob>,

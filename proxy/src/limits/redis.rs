@@ -441,8 +441,9 @@ impl RedisLimiter {
         }
     }
 
-    /// Run script calls on `conn`: one pipeline on a single server (loading the scripts once if Redis
-    /// lost them), concurrent single-slot calls on a cluster. One reply per invocation.
+    /// Run script calls on `conn`: one pipeline on a single server (loading the scripts once
+    /// if Redis lost them), concurrent single-slot calls on a cluster. One reply per
+    /// invocation.
     async fn run(
         &self,
         conn: &RedisConn,
@@ -584,7 +585,7 @@ impl RedisLimiter {
     }
 
     /// The acquire batcher's queue; the batcher is started on first use, on a thread of its
-    /// own (on the current runtime if no thread could be started).
+    /// own ([`batcher::spawn_acquire_loop`]).
     fn acquire_tx(self: &Arc<Self>) -> &mpsc::Sender<AcquireJob> {
         self.acquire_tx.get_or_init(|| {
             let (tx, rx) = mpsc::channel(ACQUIRE_QUEUE);
